@@ -1,0 +1,236 @@
+"""Snapshots: the whole MVCC state at an applied log index, on disk.
+
+A snapshot is a directory `snapshot-<applied index>` holding:
+
+- `live.arrow`: the current version of every key, sorted by key;
+- the version segments, two Arrow files each (see `segments.py`), after the
+  in-memory tail has been flushed into a segment;
+- `request_ids.arrow`: the request ids remembered for deduplication, oldest first;
+- `manifest.json`: counters, segment names, and the size and SHA-256 of every file.
+
+It is written into a temporary directory, every file and the directory are
+fsynced, and only then is it renamed into place, so a crash leaves either the
+whole snapshot or none. Loading checks every size and checksum before it
+builds any state. `pack` and `unpack` turn a snapshot into one byte string
+and back, for Raft's InstallSnapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import msgpack
+import pyarrow as pa
+
+from rayconf.errors import SnapshotCorruption
+from rayconf.store.limits import Limits
+from rayconf.store.mvcc import MVCC
+from rayconf.store.segments import read_segment, read_table, write_segment, write_table
+from rayconf.store.versions import LiveRecord
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+MANIFEST = "manifest.json"
+
+LIVE_SCHEMA = pa.schema(
+    [
+        ("key", pa.binary()),
+        ("value", pa.large_binary()),
+        ("create_revision", pa.int64()),
+        ("mod_revision", pa.int64()),
+        ("version", pa.int64()),
+    ]
+)
+REQUEST_IDS_SCHEMA = pa.schema([("request_id", pa.string()), ("revision", pa.int64()), ("succeeded", pa.bool_())])
+
+
+def snapshot_name(applied_index: int) -> str:
+    return f"snapshot-{applied_index:016d}"
+
+
+def save(state: MVCC, parent: Path) -> Path:
+    """Write `state` as a snapshot under `parent` and return its directory."""
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / snapshot_name(state.applied_index)
+    temporary = parent / (final.name + ".tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+
+    state.flush()
+    versions = state.versions
+    keys = list(versions.live_index)
+    records = [versions.live[key] for key in keys]
+    write_table(temporary / "live.arrow", pa.table(
+        {
+            "key": pa.array(keys, type=pa.binary()),
+            "value": pa.array([r.value for r in records], type=pa.large_binary()),
+            "create_revision": pa.array([r.create_revision for r in records], type=pa.int64()),
+            "mod_revision": pa.array([r.mod_revision for r in records], type=pa.int64()),
+            "version": pa.array([r.version for r in records], type=pa.int64()),
+        },
+        schema=LIVE_SCHEMA,
+    ))
+    request_ids = list(state.request_ids.items())
+    write_table(temporary / "request_ids.arrow", pa.table(
+        {
+            "request_id": pa.array([item[0] for item in request_ids], type=pa.string()),
+            "revision": pa.array([item[1][0] for item in request_ids], type=pa.int64()),
+            "succeeded": pa.array([item[1][1] for item in request_ids], type=pa.bool_()),
+        },
+        schema=REQUEST_IDS_SCHEMA,
+    ))
+    for segment in versions.segments:
+        write_segment(temporary, segment)
+
+    manifest = {
+        "format": SNAPSHOT_FORMAT,
+        "applied_index": state.applied_index,
+        "revision": state.revision,
+        "compact_revision": state.compact_revision,
+        "segments": [segment.name for segment in versions.segments],
+        "segment_sequence": versions.segment_sequence,
+        "files": {path.name: _describe(path) for path in sorted(temporary.iterdir())},
+    }
+    _write_synced(temporary / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    _fsync_directory(temporary)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    _fsync_directory(parent)
+    logger.info("saved snapshot %s at revision %d (%d live keys)", final, state.revision, len(keys))
+    return final
+
+
+def load(directory: Path, limits: Limits | None = None) -> MVCC:
+    """Build an MVCC state from the snapshot in `directory`, checking every file first."""
+    manifest = read_manifest(directory)
+    for name, expected in manifest["files"].items():
+        actual = _describe(directory / name) if (directory / name).is_file() else None
+        if actual != expected:
+            raise SnapshotCorruption(
+                f"snapshot file {directory / name} is missing or fails its checksum "
+                f"(expected {expected}, found {actual}); restore the member from another replica",
+                path=str(directory / name),
+            )
+
+    state = MVCC(limits)
+    state.applied_index = manifest["applied_index"]
+    state.revision = manifest["revision"]
+    state.compact_revision = manifest["compact_revision"]
+    versions = state.versions
+    live = read_table(directory / "live.arrow", LIVE_SCHEMA)
+    columns = [live.column(name).to_pylist() for name in LIVE_SCHEMA.names]
+    for key, value, create_revision, mod_revision, version in zip(*columns):
+        versions.live[key] = LiveRecord(value, create_revision, mod_revision, version)
+    versions.live_index.update(columns[0])
+    versions.segments = [read_segment(directory, name) for name in manifest["segments"]]
+    versions.segment_sequence = manifest["segment_sequence"]
+    retained = set(columns[0])
+    for segment in versions.segments:
+        retained.update(segment.keys())
+    versions.all_index.update(retained)
+    request_ids = read_table(directory / "request_ids.arrow", REQUEST_IDS_SCHEMA).to_pylist()
+    for row in request_ids:
+        state.request_ids[row["request_id"]] = (row["revision"], row["succeeded"])
+    logger.info("loaded snapshot %s at revision %d (%d live keys)", directory, state.revision, len(versions.live))
+    return state
+
+
+def read_manifest(directory: Path) -> dict[str, object]:
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SnapshotCorruption(
+            f"cannot read snapshot manifest {path}: {exc}; restore the member from another replica",
+            path=str(path),
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotCorruption(
+            f"snapshot manifest {path} has format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+            f"expected {SNAPSHOT_FORMAT}",
+            path=str(path),
+        )
+    return manifest
+
+
+def latest(parent: Path) -> Path | None:
+    """Return the newest complete snapshot under `parent`, or None."""
+    if not parent.is_dir():
+        return None
+    names = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("snapshot-")
+                   and not p.name.endswith(".tmp"))
+    return parent / names[-1] if names else None
+
+
+def pack(directory: Path) -> bytes:
+    """Return the snapshot in `directory` as one byte string (msgpack map of file name to bytes)."""
+    read_manifest(directory)
+    files = {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+    packed: bytes = msgpack.packb({"name": directory.name, "files": files}, use_bin_type=True)
+    return packed
+
+
+def unpack(data: bytes, parent: Path) -> Path:
+    """Write a packed snapshot under `parent`, check it, and return its directory."""
+    try:
+        unpacked = msgpack.unpackb(data, raw=False)
+        name, files = unpacked["name"], unpacked["files"]
+    except (ValueError, KeyError, TypeError, msgpack.exceptions.UnpackException) as exc:
+        raise SnapshotCorruption(f"packed snapshot is malformed: {exc}", path=str(parent)) from exc
+    if not isinstance(name, str) or not name.startswith("snapshot-") or "/" in name or not isinstance(files, dict):
+        raise SnapshotCorruption(f"packed snapshot has an invalid name {name!r}", path=str(parent))
+    parent.mkdir(parents=True, exist_ok=True)
+    temporary = parent / (name + ".tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+    for file_name, content in files.items():
+        if not isinstance(file_name, str) or "/" in file_name or file_name in ("", ".", ".."):
+            raise SnapshotCorruption(f"packed snapshot has an invalid file name {file_name!r}", path=str(parent))
+        _write_synced(temporary / file_name, content)
+    _fsync_directory(temporary)
+    final = parent / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    _fsync_directory(parent)
+    load_check = read_manifest(final)
+    for file_name, expected in load_check["files"].items():  # type: ignore[attr-defined]
+        if _describe(final / file_name) != expected:
+            raise SnapshotCorruption(f"unpacked snapshot file {final / file_name} fails its checksum",
+                                     path=str(final / file_name))
+    return final
+
+
+def _describe(path: Path) -> dict[str, object]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
