@@ -21,8 +21,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# mypy cannot follow the editable install's import hook, so it reads the
+# package through a tree of directory links that mirrors the package-dir map.
+TYPECHECK_TREE := build/typecheck/rayconf
+
 typecheck: $(STAMP)
-	$(BIN)/python -m mypy --strict store actors/raft
+	rm -rf build/typecheck && mkdir -p $(TYPECHECK_TREE)
+	for path in rayconf/*; do ln -s "$$PWD/$$path" $(TYPECHECK_TREE)/; done
+	for folder in store actors clients sims; do ln -s "$$PWD/$$folder" $(TYPECHECK_TREE)/$$folder; done
+	MYPYPATH=build/typecheck $(BIN)/python -m mypy --strict --cache-dir build/typecheck/.mypy_cache -p rayconf.store -p rayconf.actors.raft
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

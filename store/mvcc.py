@@ -48,7 +48,7 @@ from rayconf.store.records import (
 )
 from rayconf.store.segments import merge_segments
 from rayconf.store.validation import check_command, check_key, check_range
-from rayconf.store.versions import VersionStore
+from rayconf.store.versions import VersionStore, live_to_kv
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +244,10 @@ class MVCC:
         return reads.range_at(self, request, revision, live=revision == self.revision)
 
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
+        if revision == 0:
+            # The hot path: one checked dict lookup, no request object.
+            record = self.versions.live.get(check_key(key, self.limits))
+            return None if record is None else live_to_kv(key, record)
         response = self.range(RangeRequest(key, revision=revision))
         return response.kvs[0] if response.kvs else None
 

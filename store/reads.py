@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from sortedcontainers import SortedList
 
@@ -111,10 +113,7 @@ def events_since(state: MVCC, start_revision: int, key: bytes, range_end: bytes 
     for segment in versions.segments:
         table = segment.versions
         recent = table.filter(pc.greater_equal(table.column("revision"), start_revision))
-        columns = [recent.column(name).to_pylist() for name in
-                   ("key", "revision", "kind", "value", "create_revision", "version")]
-        for row_key, *row in zip(*columns):
-            candidates.append((row_key, tuple(row)))  # type: ignore[arg-type]
+        candidates.extend(_table_rows(recent))
     for tail_key, rows in versions.tail.items():
         candidates.extend((tail_key, row) for row in rows if row[0] >= start_revision)
     for live_key, record in versions.live.items():
@@ -147,11 +146,9 @@ def hash_versions(state: MVCC, revision: int) -> int:
     total = 0
     count = 0
     for segment in versions.segments:
-        columns = [segment.versions.column(name).to_pylist() for name in
-                   ("key", "revision", "kind", "value", "create_revision", "version")]
-        for row_key, *row in zip(*columns):
+        for row_key, row in _table_rows(segment.versions):
             if row[0] <= revision:
-                total += _row_hash(row_key, tuple(row))  # type: ignore[arg-type]
+                total += _row_hash(row_key, row)
                 count += 1
     for tail_key, rows in versions.tail.items():
         for tail_row in rows:
@@ -165,6 +162,14 @@ def hash_versions(state: MVCC, revision: int) -> int:
             count += 1
     header = struct.pack(">QQQ", state.compact_revision, revision, count)
     return (total + int.from_bytes(hashlib.blake2b(header, digest_size=8).digest(), "big")) % (1 << 64)
+
+
+def _table_rows(table: pa.Table) -> Iterator[tuple[bytes, VersionRow]]:
+    """Yield (key, row) for every row of a segment's versions table, in table order."""
+    columns = [table.column(name).to_pylist() for name in
+               ("key", "revision", "kind", "value", "create_revision", "version")]
+    for key, revision, kind, value, create_revision, version in zip(*columns):
+        yield key, (revision, kind, value, create_revision, version)
 
 
 def _row_hash(key: bytes, row: VersionRow) -> int:

@@ -17,6 +17,7 @@ import bisect
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar, cast
 
 import pyarrow as pa
 
@@ -52,9 +53,11 @@ CHANGES_SCHEMA = pa.schema(
 )
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
+_T = TypeVar("_T")
 
-class _ColumnView(Sequence[object]):
-    """Index access to one Arrow column as Python values, for `bisect`."""
+
+class _ColumnView(Sequence[_T]):
+    """Index access to one Arrow column as Python values of type `_T`, for `bisect`."""
 
     def __init__(self, column: pa.Array) -> None:
         self._column = column
@@ -62,8 +65,9 @@ class _ColumnView(Sequence[object]):
     def __len__(self) -> int:
         return len(self._column)
 
-    def __getitem__(self, position: int) -> object:  # type: ignore[override]
-        return self._column[position].as_py()
+    # Only integer positions are supported, because bisect never slices.
+    def __getitem__(self, position: int) -> _T:  # type: ignore[override]
+        return cast(_T, self._column[position].as_py())
 
 
 class Segment:
@@ -75,8 +79,8 @@ class Segment:
         self.versions = versions.combine_chunks()
         self.changes = changes.combine_chunks()
         self.name = name
-        self._keys = _ColumnView(self._column(self.versions, "key"))
-        self._change_revisions = _ColumnView(self._column(self.changes, "revision"))
+        self._keys: _ColumnView[bytes] = _ColumnView(self._column(self.versions, "key"))
+        self._change_revisions: _ColumnView[int] = _ColumnView(self._column(self.changes, "revision"))
 
     @staticmethod
     def _column(table: pa.Table, name: str) -> pa.Array:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TypedDict, cast
 
 import msgpack
 import pyarrow as pa
@@ -48,6 +49,25 @@ LIVE_SCHEMA = pa.schema(
     ]
 )
 REQUEST_IDS_SCHEMA = pa.schema([("request_id", pa.string()), ("revision", pa.int64()), ("succeeded", pa.bool_())])
+
+
+class FileDescription(TypedDict):
+    """Size in bytes and SHA-256 hex digest of one snapshot file."""
+
+    bytes: int
+    sha256: str
+
+
+class Manifest(TypedDict):
+    """Contents of `manifest.json`."""
+
+    format: int
+    applied_index: int
+    revision: int
+    compact_revision: int
+    segments: list[str]
+    segment_sequence: int
+    files: dict[str, FileDescription]
 
 
 def snapshot_name(applied_index: int) -> str:
@@ -89,7 +109,7 @@ def save(state: MVCC, parent: Path) -> Path:
     for segment in versions.segments:
         write_segment(temporary, segment)
 
-    manifest = {
+    manifest: Manifest = {
         "format": SNAPSHOT_FORMAT,
         "applied_index": state.applied_index,
         "revision": state.revision,
@@ -143,7 +163,7 @@ def load(directory: Path, limits: Limits | None = None) -> MVCC:
     return state
 
 
-def read_manifest(directory: Path) -> dict[str, object]:
+def read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST
     try:
         manifest = json.loads(path.read_bytes())
@@ -158,7 +178,24 @@ def read_manifest(directory: Path) -> dict[str, object]:
             f"expected {SNAPSHOT_FORMAT}",
             path=str(path),
         )
-    return manifest
+    for field_name, field_type in _MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(field_name), field_type) or isinstance(manifest.get(field_name), bool):
+            raise SnapshotCorruption(
+                f"snapshot manifest {path} has a missing or malformed field {field_name!r}; "
+                "restore the member from another replica",
+                path=str(path),
+            )
+    return cast(Manifest, manifest)
+
+
+_MANIFEST_FIELDS: dict[str, type] = {
+    "applied_index": int,
+    "revision": int,
+    "compact_revision": int,
+    "segments": list,
+    "segment_sequence": int,
+    "files": dict,
+}
 
 
 def latest(parent: Path) -> Path | None:
@@ -203,14 +240,14 @@ def unpack(data: bytes, parent: Path) -> Path:
     os.replace(temporary, final)
     _fsync_directory(parent)
     load_check = read_manifest(final)
-    for file_name, expected in load_check["files"].items():  # type: ignore[attr-defined]
+    for file_name, expected in load_check["files"].items():
         if _describe(final / file_name) != expected:
             raise SnapshotCorruption(f"unpacked snapshot file {final / file_name} fails its checksum",
                                      path=str(final / file_name))
     return final
 
 
-def _describe(path: Path) -> dict[str, object]:
+def _describe(path: Path) -> FileDescription:
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:

@@ -17,7 +17,7 @@ or deleted, and is what reads at an older revision walk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -104,8 +104,11 @@ class VersionStore:
         self.tail_rows += 1
 
     def _is_retained(self, key: bytes) -> bool:
-        position = self.all_index.bisect_left(key)
-        return position < len(self.all_index) and self.all_index[position] == key
+        position: int = self.all_index.bisect_left(key)
+        if position >= len(self.all_index):
+            return False
+        found: bytes = self.all_index[position]
+        return found == key
 
     # --- Reads. ---
 
@@ -130,8 +133,8 @@ class VersionStore:
         return iter(index.irange(minimum=start, maximum=end, inclusive=(True, False)))
 
     def count_live(self, start: bytes, end: bytes) -> int:
-        first = self.live_index.bisect_left(start)
-        last = len(self.live_index) if end == RANGE_END_OPEN else self.live_index.bisect_left(end)
+        first: int = self.live_index.bisect_left(start)
+        last: int = len(self.live_index) if end == RANGE_END_OPEN else self.live_index.bisect_left(end)
         return max(0, last - first)
 
     def rows_of(self, key: bytes) -> list[VersionRow]:
@@ -186,9 +189,9 @@ class VersionStore:
         return self._next_segment_name()
 
 
-def _last_at_or_below(rows: object, revision: int) -> VersionRow | None:
+def _last_at_or_below(rows: Iterable[VersionRow], revision: int) -> VersionRow | None:
     found: VersionRow | None = None
-    for row in rows:  # type: ignore[attr-defined]
+    for row in rows:
         if row[0] > revision:
             break
         found = row

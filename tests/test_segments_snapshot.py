@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -100,6 +101,17 @@ def test_snapshot_missing_manifest(tmp_path: Path) -> None:
     (directory / snapshot.MANIFEST).unlink()
     with pytest.raises(SnapshotCorruption):
         snapshot.load(directory)
+
+
+def test_snapshot_manifest_missing_field(tmp_path: Path) -> None:
+    directory = snapshot.save(busy_state(writes=10), tmp_path)
+    manifest_path = directory / snapshot.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["revision"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SnapshotCorruption) as raised:
+        snapshot.load(directory)
+    assert "'revision'" in str(raised.value)
 
 
 def test_unpack_rejects_path_escape(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of rayconf; run them with `make bench`, never as part of `make test`."""
