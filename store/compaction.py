@@ -2,9 +2,10 @@
 
 After `compact(versions, R)`, a read at any revision >= R returns what it
 returned before, and reads below R are rejected by the caller with
-`Compacted`. For each key the rule is the one etcd applies: keep every version
-above R, keep the newest version at or below R when it is a put (it is still
-visible at R), and drop everything older, tombstones at or below R included.
+`Compacted`. For each key the rule is the one etcd applies. Every version
+above R stays, and so does the newest version at or below R when it is a put,
+because it is still visible at R. Everything older goes, tombstones at or
+below R included.
 
 The tail is flushed first, then all segments are merged, filtered in one scan
 and written back as a single segment, so compaction also bounds the number of

@@ -3,9 +3,9 @@
 Every replica applies the same committed commands in the same order through
 `apply`, so every replica reaches the same state, which `hash_kv` checks. A
 command is a txn or a compaction (see `records.py`). A txn that changes at
-least one key gets exactly one new revision, shared by all its events; a txn
-that changes nothing (only reads, a failed compare with an empty else branch,
-a delete of a missing key) leaves the revision where it was, as in etcd.
+least one key gets exactly one new revision, shared by all its events. As in
+etcd, a txn that changes nothing leaves the revision where it was: only reads,
+a failed compare with an empty else branch, or a delete of a missing key.
 
 Bad commands are rejected before they touch anything, and the rejection is a
 value in the result list rather than an exception, so one bad command in a

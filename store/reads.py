@@ -108,6 +108,8 @@ def _row_event(key: bytes, row: VersionRow, previous: KeyValue | None) -> Event:
 
 
 def events_since(state: MVCC, start_revision: int, key: bytes, range_end: bytes | None) -> list[Event]:
+    # NOTE: this scans every live key and every segment row, so it costs O(store
+    # size) whatever the range. It serves catch-up below a watch window, not live watches.
     versions = state.versions
     candidates: list[tuple[bytes, VersionRow]] = []
     for segment in versions.segments:

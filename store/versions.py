@@ -1,6 +1,6 @@
-"""Where every retained version of every key lives.
+"""The version store: every retained version of every key, in three layers.
 
-Three layers, newest first:
+The layers, newest first:
 
 - `live`: the current version of each existing key, a dict of compact tuples,
   with `live_index`, a sorted list of the same keys, for ranges and listings.
@@ -49,9 +49,8 @@ def row_to_kv(key: bytes, row: VersionRow) -> KeyValue | None:
 class VersionStore:
     """All retained versions, with lookups by key and revision.
 
-    Invariant: for each key, the rows of older segments come before those of
-    newer segments, which come before the tail rows, which come before the
-    live record; revisions increase along that order.
+    Invariant: for each key, revisions increase in this order of layers: older
+    segments, newer segments, the tail, then the live record.
     """
 
     def __init__(self) -> None:
