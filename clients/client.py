@@ -1,0 +1,253 @@
+"""The synchronous Python client of a rayconf cluster.
+
+The client finds the leader, sends writes to it with a request id, and retries
+with jittered exponential backoff on `NotLeader`, `Unavailable` and dead
+actors. Retrying a write is safe because the state machine applies a request
+id at most once. Reads default to linearizable, and may go to any member.
+
+Paths may be given as text (`"/app/x"`, checked by the path rules) or as raw
+bytes keys, which are passed through as they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import ray
+
+from rayconf.actors.cluster import ClusterSpec, find_replica
+from rayconf.errors import InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
+from rayconf.store.keys import prefix_end, validate_directory, validate_path
+from rayconf.store.records import (
+    Command,
+    Compact,
+    CompactResponse,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteRange,
+    DeleteRangeResponse,
+    HistoryEntry,
+    KeyValue,
+    Put,
+    RangeRequest,
+    RangeResponse,
+    Txn,
+    TxnResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CONSISTENCIES = ("linearizable", "serializable")
+BACKOFF_INITIAL_S = 0.05
+BACKOFF_MAX_S = 1.0
+
+
+def to_key(path: str | bytes) -> bytes:
+    """Return the engine key of a text path (checked) or raw bytes key (passed through)."""
+    if isinstance(path, bytes):
+        return path
+    return validate_path(path)
+
+
+class Client:
+    """A connection to one rayconf cluster, through its replica actors."""
+
+    def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "") -> None:
+        self.spec = spec
+        self.timeout_s = timeout_s
+        self.principal = principal
+        self._client_id = uuid.uuid4().hex[:16]
+        self._sequence = itertools.count(1)
+        self._leader = ""
+        self._random = random.Random()
+        # The newest revision this client wrote; see `last_revision`.
+        self.last_revision = 0
+
+    # --- Writes. ---
+
+    def put(self, key: str | bytes, value: bytes, *, prev_kv: bool = False, note: str = "") -> TxnResponse:
+        _check_value(value)
+        return self.txn(Txn(success=(Put(to_key(key), value, prev_kv),)), note=note)
+
+    def delete(self, key: str | bytes, *, prefix: bool = False, prev_kv: bool = False,
+               note: str = "") -> DeleteRangeResponse:
+        raw = _prefix_key(key) if prefix else to_key(key)
+        end = prefix_end(raw) if prefix else None
+        response = self.txn(Txn(success=(DeleteRange(raw, end, prev_kv),)), note=note)
+        result = response.responses[0]
+        assert isinstance(result, DeleteRangeResponse)
+        return result
+
+    def cas(self, key: str | bytes, expected: bytes | None, value: bytes, *, note: str = "") -> TxnResponse:
+        """Write `value` only if the key holds `expected` (None: only if the key is absent).
+
+        Raises `TxnFailed` with the current value when the compare fails.
+        """
+        raw = to_key(key)
+        if expected is None:
+            guard = Compare(raw, CompareTarget.VERSION, CompareOp.EQUAL, 0)
+        else:
+            guard = Compare(raw, CompareTarget.VALUE, CompareOp.EQUAL, expected)
+        response = self.txn(Txn(compares=(guard,), success=(Put(raw, value),), failure=(RangeRequest(raw),)),
+                            note=note)
+        if not response.succeeded:
+            current = None
+            if response.responses and isinstance(response.responses[0], RangeResponse):
+                kvs = response.responses[0].kvs
+                current = kvs[0].value if kvs else None
+            raise TxnFailed(f"compare-and-swap on {raw.decode(errors='backslashreplace')!r} failed: the "
+                            f"value is {current!r}, not {expected!r}; read it and retry",
+                            revision=response.revision, current=current)
+        return response
+
+    def txn(self, txn: Txn, *, note: str = "") -> TxnResponse:
+        command = self._command(txn, note)
+        result = self._propose(command)
+        assert isinstance(result, TxnResponse)
+        self.last_revision = max(self.last_revision, result.revision)
+        return result
+
+    def compact(self, revision: int) -> CompactResponse:
+        result = self._propose(self._command(Compact(revision), ""))
+        assert isinstance(result, CompactResponse)
+        return result
+
+    def _command(self, body: Txn | Compact, note: str) -> Command:
+        request_id = f"{self._client_id}:{next(self._sequence)}"
+        return Command(body, request_id=request_id, principal=self.principal,
+                       time_ms=int(time.time() * 1000), note=note)
+
+    def _propose(self, command: Command) -> Any:
+        def attempt() -> Any:
+            leader = self._find_leader()
+            handle = find_replica(self.spec, leader)
+            if handle is None:
+                self._leader = ""
+                raise Unavailable(f"replica {leader} is not running")
+            try:
+                return ray.get(handle.propose.remote(command), timeout=self.timeout_s)
+            except NotLeader as error:
+                self._leader = error.leader_hint or ""
+                raise
+        result = self._retry(attempt, f"request {command.request_id}")
+        if isinstance(result, RayconfError):
+            raise result
+        return result
+
+    # --- Reads. ---
+
+    def get(self, key: str | bytes, *, revision: int = 0, consistency: str = "linearizable") -> KeyValue | None:
+        response = self.range_request(RangeRequest(to_key(key), revision=revision), consistency)
+        return response.kvs[0] if response.kvs else None
+
+    def range(self, prefix: str | bytes, *, limit: int = 0, revision: int = 0, keys_only: bool = False,
+              count_only: bool = False, consistency: str = "linearizable") -> RangeResponse:
+        """Read every key that starts with `prefix` (a text directory path or raw bytes)."""
+        start = _prefix_key(prefix)
+        request = RangeRequest(start, prefix_end(start), limit, revision, keys_only, count_only)
+        return self.range_request(request, consistency)
+
+    def range_request(self, request: RangeRequest, consistency: str = "linearizable") -> RangeResponse:
+        if consistency not in CONSISTENCIES:
+            raise InvalidRequest(f"consistency {consistency!r} is unknown; use one of {CONSISTENCIES}")
+
+        def attempt() -> RangeResponse:
+            member = self._read_member()
+            handle = find_replica(self.spec, member)
+            if handle is None:
+                raise Unavailable(f"replica {member} is not running")
+            response: RangeResponse = ray.get(handle.read.remote(request, consistency), timeout=self.timeout_s)
+            return response
+        return self._retry(attempt, "read")
+
+    def history(self, key: str | bytes, *, limit: int = 0) -> list[HistoryEntry]:
+        raw = to_key(key)
+
+        def attempt() -> list[HistoryEntry]:
+            handle = find_replica(self.spec, self._find_leader())
+            if handle is None:
+                raise Unavailable("the leader is not running")
+            entries: list[HistoryEntry] = ray.get(handle.history.remote(raw, limit), timeout=self.timeout_s)
+            return entries
+        return self._retry(attempt, "history")
+
+    def status(self) -> dict[str, Any]:
+        from rayconf.actors.cluster import status
+        return status(self.spec)
+
+    def _read_member(self) -> str:
+        return self._leader or self._find_leader()
+
+    # --- Leader discovery and retries. ---
+
+    def _find_leader(self) -> str:
+        if self._leader:
+            return self._leader
+        from rayconf.actors.cluster import status
+        current = status(self.spec, timeout_s=min(2.0, self.timeout_s))
+        if not current["leader"]:
+            raise Unavailable("no leader is known; a majority of voters may be down or partitioned")
+        self._leader = current["leader"]
+        return self._leader
+
+    def _retry(self, attempt: Callable[[], T], what: str) -> T:
+        deadline = time.monotonic() + self.timeout_s
+        delay = BACKOFF_INITIAL_S
+        while True:
+            try:
+                return attempt()
+            except ray.exceptions.RayTaskError as error:
+                cause = error.cause
+                if isinstance(cause, (NotLeader, Unavailable)):
+                    last: Exception = cause
+                elif isinstance(cause, RayconfError):
+                    raise cause from None
+                else:
+                    raise
+            except (NotLeader, Unavailable) as error:
+                last = error
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+                self._leader = ""
+                last = Unavailable(f"{what} failed: {type(error).__name__}")
+            if isinstance(last, NotLeader):
+                self._leader = last.leader_hint or ""
+            else:
+                self._leader = ""
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(f"{what} did not succeed within {self.timeout_s} s: {last}") from last
+            logger.debug("%s failed (%s); retrying in %.2f s", what, last, delay)
+            time.sleep(delay * (0.5 + self._random.random()))
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+def _prefix_key(prefix: str | bytes) -> bytes:
+    if isinstance(prefix, bytes):
+        return prefix
+    return validate_directory(prefix)
+
+
+def _check_value(value: object) -> None:
+    if not isinstance(value, bytes):
+        raise InvalidRequest(f"value must be bytes, got {type(value).__name__}; encode text with .encode()")
+
+
+def connect(spec: ClusterSpec | None = None, **options: Any) -> Client:
+    """Connect to a running cluster (the embedded default spec when `spec` is None).
+
+    Ray must already be initialised in this process, or reachable with
+    `ray.init(address="auto")`.
+    """
+    from rayconf.actors.cluster import default_spec
+    if not ray.is_initialized():
+        ray.init(address="auto", namespace=(spec or default_spec()).namespace, include_dashboard=False,
+                 log_to_driver=False)
+    return Client(spec or default_spec(), **options)
+

@@ -1,0 +1,113 @@
+"""The replicated cluster on a real local Ray instance: actors, disks and restarts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import ray
+
+from rayconf.actors import cluster
+from rayconf.actors.cluster import ClusterSpec
+from rayconf.clients.client import Client
+from rayconf.errors import InvalidKey, TxnFailed
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
+    data = tmp_path_factory.mktemp("rayconf-data")
+    built = cluster.default_spec(str(data), namespace="rayconf-test", tick_ms=20)
+    ray.init(num_cpus=2, include_dashboard=False, namespace=built.namespace,
+             resources=cluster.resources_for(built), log_to_driver=False)
+    try:
+        cluster.up(built)
+        yield built
+    finally:
+        cluster.down(built)
+        ray.shutdown()
+
+
+@pytest.fixture
+def client(spec: ClusterSpec) -> Client:
+    return Client(spec, timeout_s=20.0, principal="tester")
+
+
+def test_put_get_and_history(client: Client) -> None:
+    first = client.put("/app/db/timeout", b"30", note="initial")
+    second = client.put("/app/db/timeout", b"45", note="raise it")
+    assert second.revision == first.revision + 1
+    kv = client.get("/app/db/timeout")
+    assert kv is not None and kv.value == b"45"
+    old = client.get("/app/db/timeout", revision=first.revision)
+    assert old is not None and old.value == b"30"
+    notes = [entry.change.note for entry in client.history("/app/db/timeout") if entry.change]
+    assert notes[-2:] == ["initial", "raise it"]
+    principals = {entry.change.principal for entry in client.history("/app/db/timeout") if entry.change}
+    assert principals == {"tester"}
+
+
+def test_prefix_range_and_delete(client: Client) -> None:
+    for name in ("a", "b", "c"):
+        client.put(f"/svc/range/{name}", name.encode())
+    assert client.range("/svc/range").count == 3
+    assert client.delete("/svc/range", prefix=True).deleted == 3
+    assert client.range("/svc/range").count == 0
+
+
+def test_cas_conflict_raises(client: Client) -> None:
+    client.put("/flags/new-ui", b"off")
+    client.cas("/flags/new-ui", b"off", b"on")
+    with pytest.raises(TxnFailed) as raised:
+        client.cas("/flags/new-ui", b"off", b"on")
+    assert raised.value.current == b"on"
+
+
+def test_invalid_path_rejected_locally(client: Client) -> None:
+    with pytest.raises(InvalidKey):
+        client.put("/bad//path", b"x")
+
+
+def test_serializable_read_on_every_member(spec: ClusterSpec, client: Client) -> None:
+    written = client.put("/read/here", b"v")
+    for member in spec.members():
+        handle = cluster.find_replica(spec, member)
+        deadline = time.monotonic() + 10
+        while True:
+            from rayconf.store.records import RangeRequest
+            response = ray.get(handle.read.remote(RangeRequest(b"/read/here"), "serializable"))
+            if response.revision >= written.revision or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert response.kvs and response.kvs[0].value == b"v"
+        linearizable = ray.get(handle.read.remote(RangeRequest(b"/read/here"), "linearizable"))
+        assert linearizable.kvs[0].value == b"v"
+
+
+def test_leader_restart_keeps_acknowledged_writes(spec: ClusterSpec, client: Client) -> None:
+    acknowledged = {f"/durable/{n}": str(n).encode() for n in range(20)}
+    for key, value in acknowledged.items():
+        client.put(key, value)
+    leader = cluster.status(spec)["leader"]
+    ray.kill(cluster.find_replica(spec, leader), no_restart=False)
+    client.put("/durable/after", b"restart")
+    for key, value in acknowledged.items():
+        kv = client.get(key)
+        assert kv is not None and kv.value == value
+    deadline = time.monotonic() + 30
+    while cluster.status(spec)["members"][leader].get("health") != "ok":
+        assert time.monotonic() < deadline, "the killed replica did not come back"
+        time.sleep(0.2)
+
+
+def test_down_and_up_recovers_data(spec: ClusterSpec, client: Client) -> None:
+    client.put("/persist/me", b"yes")
+    started = time.monotonic()
+    cluster.down(spec)
+    status = cluster.up(spec)
+    assert status["leader"]
+    for member, info in status["members"].items():
+        assert info["uptime_s"] <= time.monotonic() - started + 0.5, f"{member} was not restarted by up"
+    kv = Client(spec, timeout_s=20.0).get("/persist/me")
+    assert kv is not None and kv.value == b"yes"
