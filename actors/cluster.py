@@ -94,6 +94,23 @@ def resources_for(spec: ClusterSpec) -> dict[str, float]:
     return {dc.name: 1.0 for dc in spec.data_centers}
 
 
+def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
+    """Start a local Ray instance that offers every data center resource of `spec`.
+
+    It binds to 127.0.0.1, so no traffic leaves the machine, and runs without
+    the dashboard.
+    """
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        namespace=spec.namespace,
+        resources=resources_for(spec),
+        log_to_driver=False,
+        logging_level="ERROR",
+        _node_ip_address="127.0.0.1",
+    )
+
+
 def find_replica(spec: ClusterSpec, member: str) -> Any:
     try:
         return ray.get_actor(replica_actor_name(member), namespace=spec.namespace)

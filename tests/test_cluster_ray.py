@@ -19,8 +19,7 @@ from rayconf.errors import InvalidKey, TxnFailed
 def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
     data = tmp_path_factory.mktemp("rayconf-data")
     built = cluster.default_spec(str(data), namespace="rayconf-test", tick_ms=20)
-    ray.init(num_cpus=2, include_dashboard=False, namespace=built.namespace,
-             resources=cluster.resources_for(built), log_to_driver=False)
+    cluster.start_local_ray(built, num_cpus=2)
     try:
         cluster.up(built)
         yield built

@@ -1,0 +1,160 @@
+"""The cluster commands of the `rayconf` command line.
+
+`serve` starts a local Ray instance and the cluster in the foreground. `up`
+starts them in the background: it starts a Ray head with `ray start` when none
+is running. Every other command connects to the running Ray instance
+(`--address`, default "auto"), finds the replicas by name in `--namespace`,
+and prints its result. With `-o json` the output is one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from rayconf.errors import RayconfError
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("serve", "up", "down", "status", "put", "get", "ls", "del", "history", "txn", "cas",
+            "import", "export", "revert", "compact")
+
+
+def add_cluster_parsers(subparsers: Any) -> None:
+    """Register every cluster command on the `rayconf` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--namespace", default="rayconf", help="Ray namespace of the cluster (default: rayconf)")
+    common.add_argument("--address", default="auto",
+                        help="Ray address to connect to (default: auto, the local running instance)")
+    common.add_argument("--data-dir", default="./rayconf-data",
+                        help="data directory of the replicas, for serve and up (default: ./rayconf-data)")
+    common.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the cluster before failing (default: 10)")
+    common.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                        help="output format: text for people, json for one object per line")
+    common.add_argument("--user", default=getpass.getuser(),
+                        help="principal recorded in the change records of writes (default: the login name)")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], help=help_text,
+                                                                description=help_text)
+        return parser
+
+    serve = add("serve", "start a local Ray instance and the cluster in the foreground until Ctrl-C")
+    serve.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
+    serve.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray instance offers (default: 2)")
+    up = add("up", "start the cluster in the background, and a Ray head if none is running")
+    up.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
+    up.add_argument("--num-cpus", type=int, default=2, help="CPUs a new Ray head offers (default: 2)")
+    add("down", "stop the replica actors; their data stays in the data directory")
+    add("status", "print the leader, term and per-member state of the cluster")
+
+    put = add("put", "write a value")
+    put.add_argument("key", help="key path, such as /app/db/timeout")
+    put.add_argument("value", nargs="?", help="the value, as text; omit it with --file")
+    put.add_argument("--file", type=Path, help="read the value from this file, byte for byte")
+    put.add_argument("--note", default="", help="why the change is made; kept in the history")
+
+    get = add("get", "read a key, or every key under a prefix with --prefix")
+    get.add_argument("key", help="key path, or directory path with --prefix")
+    get.add_argument("--prefix", action="store_true", help="read every key under the path")
+    get.add_argument("--revision", type=int, default=0, help="read at this revision (default: current)")
+    get.add_argument("--consistency", choices=("linearizable", "serializable"), default="linearizable",
+                     help="linearizable (default) confirms with a quorum; serializable reads locally")
+    get.add_argument("--limit", type=int, default=0, help="at most this many keys with --prefix (0: all)")
+    get.add_argument("--out", type=Path, help="write the value to this file instead of printing it")
+
+    ls = add("ls", "list the immediate children of a directory")
+    ls.add_argument("directory", help="directory path, such as /app/")
+    ls.add_argument("--revision", type=int, default=0, help="list at this revision (default: current)")
+
+    delete = add("del", "delete a key, or every key under a prefix with --prefix")
+    delete.add_argument("key", help="key path, or directory path with --prefix")
+    delete.add_argument("--prefix", action="store_true", help="delete every key under the path")
+    delete.add_argument("--note", default="", help="why the change is made; kept in the history")
+
+    history = add("history", "list the versions of a key with who changed it, when and why")
+    history.add_argument("key", help="key path")
+    history.add_argument("--limit", type=int, default=0, help="only the newest versions (0: all)")
+
+    txn = add("txn", "run a transaction described by a JSON document (see docs/cli.md)")
+    txn.add_argument("--file", type=Path, help="read the JSON document from this file (default: stdin)")
+    txn.add_argument("--note", default="", help="why the change is made; kept in the history")
+
+    cas = add("cas", "write a value only if the key holds the expected value")
+    cas.add_argument("key", help="key path")
+    cas.add_argument("expected", help="the value the key must hold; use --absent for a missing key")
+    cas.add_argument("value", help="the new value, as text")
+    cas.add_argument("--absent", action="store_true", help="the key must not exist (expected is ignored)")
+    cas.add_argument("--note", default="", help="why the change is made; kept in the history")
+
+    import_ = add("import", "load every file under a directory as keys under a prefix")
+    import_.add_argument("directory", type=Path, help="directory of files to load")
+    import_.add_argument("--prefix", required=True, help="key prefix, such as /charts")
+    import_.add_argument("--note", default="", help="note for the change records")
+
+    export = add("export", "write every key under a prefix back as files")
+    export.add_argument("prefix", help="key prefix, such as /charts")
+    export.add_argument("directory", type=Path, help="directory to write the files into")
+
+    revert = add("revert", "write the values a key or prefix had at a revision as one new revision")
+    revert.add_argument("key", help="key path, or directory path with --prefix")
+    revert.add_argument("--to-revision", type=int, required=True, help="revision whose values to restore")
+    revert.add_argument("--prefix", action="store_true", help="revert every key under the path")
+
+    compact = add("compact", "drop history below a revision")
+    compact.add_argument("revision", type=int, help="oldest revision to keep readable")
+
+
+def run_cluster_command(arguments: argparse.Namespace) -> int:
+    """Run one cluster command; print a typed error and return 1 when it fails."""
+    from rayconf.clients import commands
+
+    handler = getattr(commands, "command_" + arguments.command.replace("-", "_"))
+    try:
+        result: int = handler(arguments)
+        return result
+    except RayconfError as error:
+        print(f"rayconf {arguments.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def print_record(arguments: argparse.Namespace, record: dict[str, Any], text: str) -> None:
+    if arguments.output == "json":
+        print(json.dumps(record, sort_keys=True))
+    else:
+        print(text)
+
+
+def encode_value(value: bytes) -> dict[str, str]:
+    """Return a JSON field for `value`: text when it is UTF-8, base64 otherwise."""
+    try:
+        return {"value": value.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"value_base64": base64.b64encode(value).decode("ascii")}
+
+
+def wait_for_interrupt() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+def start_ray_head(num_cpus: int, resources: dict[str, float]) -> None:
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--num-cpus={num_cpus}",
+               "--include-dashboard=false", f"--resources={json.dumps(resources)}",
+               "--node-ip-address=127.0.0.1"]
+    subprocess.run(command, check=True, capture_output=True)

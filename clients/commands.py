@@ -1,0 +1,259 @@
+"""Implementations of the cluster commands; `cli.py` declares their options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import ray
+
+from rayconf.actors import cluster
+from rayconf.actors.cluster import ClusterSpec
+from rayconf.clients import transfer
+from rayconf.clients.cli import encode_value, print_record, start_ray_head, wait_for_interrupt
+from rayconf.clients.client import Client
+from rayconf.clients.txn_document import parse_txn_document
+from rayconf.errors import InvalidRequest, Unavailable
+from rayconf.store.keys import validate_directory
+from rayconf.store.records import DeleteRangeResponse, KeyValue, PutResponse, RangeResponse
+
+
+def spec_of(arguments: argparse.Namespace) -> ClusterSpec:
+    return cluster.default_spec(arguments.data_dir, arguments.namespace, getattr(arguments, "tick_ms", 50))
+
+
+def join_ray(address: str, namespace: str) -> None:
+    """Connect this process to the running Ray instance at `address`."""
+    # NOTE: with Ray 2.60's default token authentication, connecting by an
+    # explicit address to a cluster that `serve` started fails with
+    # InvalidAuthToken here, while "auto" works; the cause is not found yet.
+    ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level="ERROR")
+
+
+def connect(arguments: argparse.Namespace) -> Client:
+    spec = spec_of(arguments)
+    if not ray.is_initialized():
+        try:
+            join_ray(arguments.address, spec.namespace)
+        except ConnectionError as error:
+            raise Unavailable(
+                f"no running Ray instance at {arguments.address!r} ({error}); start the cluster with "
+                "`rayconf serve` or `rayconf up`"
+            ) from error
+    return Client(spec, timeout_s=arguments.timeout, principal=arguments.user)
+
+
+def kv_record(kv: KeyValue) -> dict[str, Any]:
+    return {"key": kv.key.decode("utf-8", errors="backslashreplace"), **encode_value(kv.value),
+            "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version}
+
+
+def show_value(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"<{len(value)} bytes of binary data; use -o json or --out FILE>"
+
+
+# --- Life cycle. ---
+
+
+def command_serve(arguments: argparse.Namespace) -> int:
+    spec = spec_of(arguments)
+    cluster.start_local_ray(spec, num_cpus=arguments.num_cpus)
+    try:
+        state = cluster.up(spec, wait_for_leader_s=arguments.timeout * 3)
+        address = ray.get_runtime_context().gcs_address
+        print(f"rayconf is serving: {len(spec.members())} replicas in namespace {spec.namespace!r}, "
+              f"leader {state['leader']}, data in {spec.data_directory}")
+        print(f"Ray address: {address}")
+        print("Try, in another terminal:")
+        print("  rayconf put /app/db/timeout 30 --note 'first value'")
+        print("  rayconf get /app/db/timeout")
+        print("  rayconf status")
+        print("Press Ctrl-C to stop; the data stays for the next start.", flush=True)
+        wait_for_interrupt()
+        print("stopping rayconf ...", flush=True)
+        cluster.down(spec)
+    finally:
+        ray.shutdown()
+    print("stopped")
+    return 0
+
+
+def command_up(arguments: argparse.Namespace) -> int:
+    spec = spec_of(arguments)
+    try:
+        join_ray(arguments.address, spec.namespace)
+    except ConnectionError:
+        start_ray_head(arguments.num_cpus, cluster.resources_for(spec))
+        join_ray("auto", spec.namespace)
+    state = cluster.up(spec, wait_for_leader_s=arguments.timeout * 3)
+    print(f"rayconf is up: leader {state['leader']}, term {state['term']}, data in {spec.data_directory}")
+    return 0
+
+
+def command_down(arguments: argparse.Namespace) -> int:
+    connect(arguments)
+    stopped = cluster.down(spec_of(arguments))
+    print(f"stopped {len(stopped)} replicas: {', '.join(stopped) or 'none were running'}; the data stays")
+    return 0
+
+
+def command_status(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    state = client.status()
+    if arguments.output == "json":
+        print(json.dumps(state, sort_keys=True, default=str))
+        return 0 if state["leader"] else 1
+    print(f"leader: {state['leader'] or 'none'}   term: {state['term']}   auth: {state['auth']}")
+    print(f"{'member':<12} {'health':<12} {'role':<14} {'term':>5} {'commit':>8} {'applied':>8} {'revision':>9}")
+    for member, info in sorted(state["members"].items()):
+        print(f"{member:<12} {info.get('health', '?'):<12} {info.get('role', '-'):<14} {info.get('term', '-'):>5} "
+              f"{info.get('commit_index', '-'):>8} {info.get('applied_index', '-'):>8} {info.get('revision', '-'):>9}")
+    return 0 if state["leader"] else 1
+
+
+# --- Writes. ---
+
+
+def command_put(arguments: argparse.Namespace) -> int:
+    if (arguments.value is None) == (arguments.file is None):
+        raise InvalidRequest("give the value either as an argument or with --file PATH, not both")
+    value = arguments.file.read_bytes() if arguments.file else arguments.value.encode("utf-8")
+    client = connect(arguments)
+    response = client.put(arguments.key, value, note=arguments.note)
+    print_record(arguments, {"key": arguments.key, "revision": response.revision}, f"OK revision {response.revision}")
+    return 0
+
+
+def command_del(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    result: DeleteRangeResponse = client.delete(arguments.key, prefix=arguments.prefix, note=arguments.note)
+    print_record(arguments, {"deleted": result.deleted}, f"deleted {result.deleted}")
+    return 0
+
+
+def command_cas(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    expected = None if arguments.absent else arguments.expected.encode("utf-8")
+    response = client.cas(arguments.key, expected, arguments.value.encode("utf-8"), note=arguments.note)
+    print_record(arguments, {"key": arguments.key, "revision": response.revision}, f"OK revision {response.revision}")
+    return 0
+
+
+def command_txn(arguments: argparse.Namespace) -> int:
+    text = arguments.file.read_text() if arguments.file else sys.stdin.read()
+    txn = parse_txn_document(text)
+    client = connect(arguments)
+    response = client.txn(txn, note=arguments.note)
+    results: list[dict[str, Any]] = []
+    for item in response.responses:
+        if isinstance(item, RangeResponse):
+            results.append({"kvs": [kv_record(kv) for kv in item.kvs], "count": item.count})
+        elif isinstance(item, DeleteRangeResponse):
+            results.append({"deleted": item.deleted})
+        elif isinstance(item, PutResponse):
+            results.append({"put": True})
+    record = {"succeeded": response.succeeded, "revision": response.revision, "responses": results}
+    print_record(arguments, record, json.dumps(record, indent=2))
+    return 0 if response.succeeded else 2
+
+
+def command_compact(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    response = client.compact(arguments.revision)
+    print_record(arguments, {"compact_revision": response.compact_revision},
+                 f"compacted: revisions below {response.compact_revision} are gone")
+    return 0
+
+
+# --- Reads. ---
+
+
+def command_get(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    if arguments.prefix:
+        kvs = list(client.range(arguments.key, limit=arguments.limit, revision=arguments.revision,
+                                consistency=arguments.consistency).kvs)
+    else:
+        kv = client.get(arguments.key, revision=arguments.revision, consistency=arguments.consistency)
+        kvs = [kv] if kv is not None else []
+        if not kvs:
+            print(f"rayconf get: key {arguments.key} not found", file=sys.stderr)
+            return 1
+    if arguments.out:
+        if len(kvs) != 1:
+            raise InvalidRequest("--out writes one value; drop --prefix or use `rayconf export`")
+        arguments.out.write_bytes(kvs[0].value)
+        return 0
+    for kv in kvs:
+        text = show_value(kv.value) if not arguments.prefix else f"{kv.key.decode(errors='replace')} = " \
+            f"{show_value(kv.value)}"
+        print_record(arguments, kv_record(kv), text)
+    return 0
+
+
+def command_ls(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    directory = validate_directory(arguments.directory)
+    response = client.range(directory, keys_only=True, revision=arguments.revision)
+    from sortedcontainers import SortedList
+
+    from rayconf.store.keys import iter_children
+
+    for entry in iter_children(SortedList(kv.key for kv in response.kvs), directory):
+        name = entry.name.decode("utf-8", errors="backslashreplace")
+        print_record(arguments, {"name": name, "key": entry.key.decode(errors="backslashreplace"),
+                                 "directory": entry.is_directory}, name)
+    return 0
+
+
+def command_history(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    for entry in client.history(arguments.key, limit=arguments.limit):
+        change = entry.change
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(change.time_ms / 1000)) if change else "?"
+        kind = entry.event.type.name.lower()
+        record = {"revision": entry.event.kv.mod_revision, "type": kind, "time_ms": change.time_ms if change else 0,
+                  "principal": change.principal if change else "", "note": change.note if change else "",
+                  **kv_record(entry.event.kv)}
+        value = "" if kind == "delete" else show_value(entry.event.kv.value)
+        text = (f"{entry.event.kv.mod_revision:>8}  {when}Z  {kind:<6}  {record['principal'] or '-':<12} "
+                f"{value!r}  {record['note']}")
+        print_record(arguments, record, text)
+    return 0
+
+
+# --- Bulk. ---
+
+
+def command_import(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    summary = transfer.import_directory(client, arguments.directory, arguments.prefix, note=arguments.note,
+                                        progress=sys.stderr.isatty())
+    print(f"imported {summary.keys} keys ({summary.bytes} bytes) in {summary.txns} txns, revisions "
+          f"{summary.first_revision}..{summary.last_revision}, in {summary.elapsed_s:.1f} s")
+    return 0
+
+
+def command_export(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    summary = transfer.export_prefix(client, arguments.prefix, arguments.directory, progress=sys.stderr.isatty())
+    print(f"exported {summary.keys} keys ({summary.bytes} bytes) to {arguments.directory} "
+          f"in {summary.elapsed_s:.1f} s")
+    return 0
+
+
+def command_revert(arguments: argparse.Namespace) -> int:
+    client = connect(arguments)
+    revision = transfer.revert(client, arguments.key, arguments.to_revision, prefix=arguments.prefix)
+    if revision:
+        print(f"reverted {arguments.key} to its values at revision {arguments.to_revision}: new revision {revision}")
+    else:
+        print(f"{arguments.key} already has its values of revision {arguments.to_revision}; nothing written")
+    return 0
+
