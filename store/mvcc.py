@@ -47,7 +47,7 @@ from rayconf.store.records import (
     TxnResponse,
 )
 from rayconf.store.segments import merge_segments
-from rayconf.store.validation import check_command, check_key, check_range
+from rayconf.store.validation import check_command, check_key, check_range, check_revision_argument, is_int
 from rayconf.store.versions import VersionStore, live_to_kv
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class MVCC:
     """Current state, version history and change records of one shard."""
 
     def __init__(self, limits: Limits | None = None) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidRequest(f"limits must be a Limits, got {type(limits).__name__}")
         self.limits = limits or Limits()
         self.versions = VersionStore()
         self.revision = INITIAL_REVISION
@@ -76,6 +78,10 @@ class MVCC:
 
     def apply(self, index: int, commands: Sequence[Command]) -> list[ApplyResult]:
         """Apply a batch of committed commands at log `index`; return one result each."""
+        if not is_int(index):
+            raise InvalidRequest(f"log index {index!r} must be an int")
+        if not isinstance(commands, (list, tuple)):
+            raise InvalidRequest(f"commands must be a list of Command, got {type(commands).__name__}")
         if index <= self.applied_index:
             raise InvalidRequest(
                 f"log index {index} is not above the applied index {self.applied_index}; "
@@ -122,7 +128,8 @@ class MVCC:
         if command.request_id and command.request_id in self.request_ids:
             revision, succeeded = self.request_ids[command.request_id]
             if isinstance(command.body, Compact):
-                return CompactResponse(revision=self.revision, compact_revision=self.compact_revision)
+                # A compaction remembers the revision it compacted at.
+                return CompactResponse(revision=self.revision, compact_revision=revision, duplicate=True)
             return TxnResponse(succeeded=succeeded, revision=revision, duplicate=True)
         try:
             if isinstance(command.body, Compact):
@@ -133,7 +140,8 @@ class MVCC:
                 succeeded = result.succeeded
         except RayconfError as error:
             return error
-        self._remember_request(command.request_id, result.revision, succeeded)
+        remembered = result.compact_revision if isinstance(result, CompactResponse) else result.revision
+        self._remember_request(command.request_id, remembered, succeeded)
         self._flush_if_full()
         return result
 
@@ -154,7 +162,9 @@ class MVCC:
             elif isinstance(operation, DeleteRange):
                 responses.append(self._delete_range(operation, new_revision, events))
             else:
-                revision = operation.revision or self.revision
+                # A read of the live state sees this txn's earlier writes, so it
+                # reports the revision those writes will have.
+                revision = operation.revision or (new_revision if events else self.revision)
                 responses.append(reads.range_at(self, operation, revision, live=operation.revision == 0))
         if events:
             self.revision = new_revision
@@ -256,13 +266,14 @@ class MVCC:
         check_key(directory, self.limits, "directory")
         if not directory.endswith(b"/"):
             raise InvalidRequest(f"directory {directory!r} must end with '/'; write {directory + b'/'!r}")
-        revision = revision or self.revision
+        revision = check_revision_argument("ls revision", revision) or self.revision
         self._check_readable(revision)
         return reads.list_children(self, directory, revision)
 
     def history(self, key: bytes, *, limit: int = 0) -> list[HistoryEntry]:
         """Return the retained versions of `key`, oldest first; `limit` keeps the newest ones."""
         check_key(key, self.limits)
+        check_revision_argument("history limit", limit)
         return reads.history(self, key, limit)
 
     def events(self, start_revision: int, key: bytes = b"", range_end: bytes | None = b"") -> list[Event]:
@@ -272,6 +283,12 @@ class MVCC:
         in key order within a revision. `start_revision` must be above the
         compact revision: a tombstone at the compact revision itself is gone.
         """
+        if not is_int(start_revision) or start_revision < 1:
+            raise InvalidRequest(f"start_revision is {start_revision!r}; give a revision of 1 or more")
+        if not isinstance(key, bytes):
+            raise InvalidRequest(f"key must be bytes, got {type(key).__name__}")
+        if range_end is not None and not isinstance(range_end, bytes):
+            raise InvalidRequest(f"range_end must be bytes or None, got {type(range_end).__name__}")
         if start_revision <= self.compact_revision:
             raise Compacted(
                 f"events from revision {start_revision} are compacted; resume from revision "
@@ -287,7 +304,7 @@ class MVCC:
         Two replicas that applied the same commands return the same hash,
         whatever the split of their versions into live, tail and segments.
         """
-        revision = revision or self.revision
+        revision = check_revision_argument("hash revision", revision) or self.revision
         self._check_readable(revision)
         return reads.hash_versions(self, revision)
 

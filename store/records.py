@@ -202,5 +202,8 @@ class TxnResponse:
 
 @dataclass(frozen=True, slots=True)
 class CompactResponse:
+    """Outcome of a compaction. `duplicate` is set when its request id had been applied before."""
+
     revision: int
     compact_revision: int
+    duplicate: bool = False

@@ -32,7 +32,9 @@ KIND_DELETE = 1
 
 VERSIONS_SCHEMA = pa.schema(
     [
-        ("key", pa.binary()),
+        # Large binary for keys too: millions of 1 KiB keys pass 2 GiB, the limit
+        # of the 32-bit offsets of plain binary.
+        ("key", pa.large_binary()),
         ("revision", pa.int64()),
         ("kind", pa.int8()),
         # Large binary: a segment of many 10 MiB values passes 2 GiB of value bytes.
@@ -61,12 +63,12 @@ class _BinaryColumnView(Sequence[bytes]):
     """
 
     def __init__(self, array: pa.Array) -> None:
-        assert array.type == pa.binary(), "keys are binary"
+        assert array.type == pa.large_binary(), "keys are large binary, with 64-bit offsets"
         assert array.null_count == 0, "keys are never null"
         _, offsets, data = array.buffers()
         self._length = len(array)
-        self._offsets = memoryview(offsets).cast("i")[array.offset:array.offset + self._length + 1] \
-            if offsets is not None else memoryview(b"").cast("i")
+        self._offsets = memoryview(offsets).cast("q")[array.offset:array.offset + self._length + 1] \
+            if offsets is not None else memoryview(b"").cast("q")
         self._data = memoryview(data) if data is not None else memoryview(b"")
 
     def __len__(self) -> int:
@@ -161,7 +163,7 @@ def build_segment(
     ordered = sorted(rows, key=lambda item: (item[0], item[1][0]))
     versions = pa.table(
         {
-            "key": pa.array([key for key, _ in ordered], type=pa.binary()),
+            "key": pa.array([key for key, _ in ordered], type=pa.large_binary()),
             "revision": pa.array([row[0] for _, row in ordered], type=pa.int64()),
             "kind": pa.array([row[1] for _, row in ordered], type=pa.int8()),
             "value": pa.array([row[2] for _, row in ordered], type=pa.large_binary()),
@@ -226,6 +228,10 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
             f"cannot read Arrow file {path}: {exc}; restore the member from another replica's snapshot",
             path=str(path),
         ) from exc
+    for column_name in table.column_names:
+        if table.column(column_name).null_count:
+            raise SnapshotCorruption(f"Arrow file {path} has null values in column {column_name!r}; "
+                                     "restore the member from another replica", path=str(path))
     if not table.schema.equals(schema):
         raise SnapshotCorruption(
             f"Arrow file {path} has schema {table.schema}, expected {schema}; it was written by another format",

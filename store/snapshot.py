@@ -21,12 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import TypedDict, cast
+from typing import NoReturn, TypedDict, cast
 
 import msgpack
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayconf.errors import SnapshotCorruption
 from rayconf.store.limits import Limits
@@ -37,11 +39,13 @@ from rayconf.store.versions import LiveRecord
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
+_SNAPSHOT_NAME = re.compile(r"snapshot-[0-9]{16}")
+_SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MANIFEST = "manifest.json"
 
 LIVE_SCHEMA = pa.schema(
     [
-        ("key", pa.binary()),
+        ("key", pa.large_binary()),
         ("value", pa.large_binary()),
         ("create_revision", pa.int64()),
         ("mod_revision", pa.int64()),
@@ -89,7 +93,7 @@ def save(state: MVCC, parent: Path) -> Path:
     records = [versions.live[key] for key in keys]
     write_table(temporary / "live.arrow", pa.table(
         {
-            "key": pa.array(keys, type=pa.binary()),
+            "key": pa.array(keys, type=pa.large_binary()),
             "value": pa.array([r.value for r in records], type=pa.large_binary()),
             "create_revision": pa.array([r.create_revision for r in records], type=pa.int64()),
             "mod_revision": pa.array([r.mod_revision for r in records], type=pa.int64()),
@@ -128,17 +132,17 @@ def save(state: MVCC, parent: Path) -> Path:
     return final
 
 
-def load(directory: Path, limits: Limits | None = None) -> MVCC:
-    """Build an MVCC state from the snapshot in `directory`, checking every file first."""
+def load(directory: Path | str, limits: Limits | None = None) -> MVCC:
+    """Build an MVCC state from the snapshot in `directory`, checking everything first.
+
+    Every file named in the manifest must match its size and SHA-256, the
+    manifest must name exactly the files a snapshot has, and the tables must
+    hold what the manifest promises (no nulls, sorted unique live keys, no
+    revision above the snapshot's). Any mismatch raises `SnapshotCorruption`.
+    """
+    directory = Path(directory)
     manifest = read_manifest(directory)
-    for name, expected in manifest["files"].items():
-        actual = _describe(directory / name) if (directory / name).is_file() else None
-        if actual != expected:
-            raise SnapshotCorruption(
-                f"snapshot file {directory / name} is missing or fails its checksum "
-                f"(expected {expected}, found {actual}); restore the member from another replica",
-                path=str(directory / name),
-            )
+    check_files(directory, manifest)
 
     state = MVCC(limits)
     state.applied_index = manifest["applied_index"]
@@ -146,21 +150,67 @@ def load(directory: Path, limits: Limits | None = None) -> MVCC:
     state.compact_revision = manifest["compact_revision"]
     versions = state.versions
     live = read_table(directory / "live.arrow", LIVE_SCHEMA)
+    _require(live.combine_chunks(), directory / "live.arrow", manifest["revision"])
     columns = [live.column(name).to_pylist() for name in LIVE_SCHEMA.names]
+    keys = columns[0]
+    if any(earlier >= later for earlier, later in zip(keys, keys[1:])):
+        raise SnapshotCorruption(f"snapshot file {directory / 'live.arrow'} has unsorted or repeated keys",
+                                 path=str(directory / "live.arrow"))
     for key, value, create_revision, mod_revision, version in zip(*columns):
         versions.live[key] = LiveRecord(value, create_revision, mod_revision, version)
-    versions.live_index.update(columns[0])
+    versions.live_index.update(keys)
     versions.segments = [read_segment(directory, name) for name in manifest["segments"]]
+    for segment in versions.segments:
+        _require(segment.versions, directory / segment.name, manifest["revision"])
     versions.segment_sequence = manifest["segment_sequence"]
-    retained = set(columns[0])
+    retained = set(keys)
     for segment in versions.segments:
         retained.update(segment.keys())
     versions.all_index.update(retained)
-    request_ids = read_table(directory / "request_ids.arrow", REQUEST_IDS_SCHEMA).to_pylist()
-    for row in request_ids:
+    request_table = read_table(directory / "request_ids.arrow", REQUEST_IDS_SCHEMA)
+    _require(request_table.combine_chunks(), directory / "request_ids.arrow", manifest["revision"])
+    for row in request_table.to_pylist():
         state.request_ids[row["request_id"]] = (row["revision"], row["succeeded"])
     logger.info("loaded snapshot %s at revision %d (%d live keys)", directory, state.revision, len(versions.live))
     return state
+
+
+def check_files(directory: Path, manifest: Manifest) -> None:
+    """Check that the manifest names exactly the snapshot's files and that each matches."""
+    expected_names = {"live.arrow", "request_ids.arrow"}
+    for name in manifest["segments"]:
+        expected_names.update({f"{name}.versions.arrow", f"{name}.changes.arrow"})
+    if set(manifest["files"]) != expected_names:
+        raise SnapshotCorruption(
+            f"snapshot manifest in {directory} lists files {sorted(manifest['files'])}, expected "
+            f"{sorted(expected_names)}; restore the member from another replica",
+            path=str(directory / MANIFEST),
+        )
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        actual = _describe(path) if path.is_file() and not path.is_symlink() else None
+        if actual != expected:
+            raise SnapshotCorruption(
+                f"snapshot file {path} is missing or fails its checksum "
+                f"(expected {expected}, found {actual}); restore the member from another replica",
+                path=str(path),
+            )
+
+
+def _require(table: pa.Table, path: Path, revision: int) -> None:
+    """Raise `SnapshotCorruption` if `table` has nulls or a revision above `revision`."""
+    for column_name in table.column_names:
+        if table.column(column_name).null_count:
+            raise SnapshotCorruption(f"snapshot file {path} has null values in column {column_name!r}",
+                                     path=str(path))
+    for column_name in ("revision", "mod_revision", "create_revision"):
+        if column_name in table.column_names and table.num_rows:
+            highest = pc.max(table.column(column_name)).as_py()
+            if highest > revision:
+                raise SnapshotCorruption(
+                    f"snapshot file {path} has {column_name} {highest}, above the snapshot revision {revision}",
+                    path=str(path),
+                )
 
 
 def read_manifest(directory: Path) -> Manifest:
@@ -180,13 +230,32 @@ def read_manifest(directory: Path) -> Manifest:
         )
     for field_name, field_type in _MANIFEST_FIELDS.items():
         if not isinstance(manifest.get(field_name), field_type) or isinstance(manifest.get(field_name), bool):
-            raise SnapshotCorruption(
-                f"snapshot manifest {path} has a missing or malformed field {field_name!r}; "
-                "restore the member from another replica",
-                path=str(path),
-            )
+            _bad_manifest(path, f"a missing or malformed field {field_name!r}")
+    if type(manifest["format"]) is not int:
+        _bad_manifest(path, f"format {manifest['format']!r}, which is not an integer")
+    if manifest["revision"] < 1 or not 0 <= manifest["compact_revision"] <= manifest["revision"]:
+        _bad_manifest(path, f"revision {manifest['revision']} and compact revision "
+                            f"{manifest['compact_revision']}, which are inconsistent")
+    if manifest["applied_index"] < 0 or manifest["segment_sequence"] < 0:
+        _bad_manifest(path, "a negative applied_index or segment_sequence")
+    segments = manifest["segments"]
+    if len(set(map(str, segments))) != len(segments) or not all(
+        isinstance(name, str) and _SEGMENT_NAME.fullmatch(name) for name in segments
+    ):
+        _bad_manifest(path, f"invalid or repeated segment names {segments!r}")
+    for name, description in manifest["files"].items():
+        if not isinstance(description, dict) or set(description) != {"bytes", "sha256"}:
+            _bad_manifest(path, f"a malformed description of file {name!r}")
     return cast(Manifest, manifest)
 
+
+def _bad_manifest(path: Path, problem: str) -> NoReturn:
+    raise SnapshotCorruption(
+        f"snapshot manifest {path} has {problem}; restore the member from another replica", path=str(path)
+    )
+
+
+_SEGMENT_NAME = re.compile(r"segment-[0-9]{12}")
 
 _MANIFEST_FIELDS: dict[str, type] = {
     "applied_index": int,
@@ -221,29 +290,35 @@ def unpack(data: bytes, parent: Path) -> Path:
         unpacked = msgpack.unpackb(data, raw=False)
         name, files = unpacked["name"], unpacked["files"]
     except (ValueError, KeyError, TypeError, msgpack.exceptions.UnpackException) as exc:
-        raise SnapshotCorruption(f"packed snapshot is malformed: {exc}", path=str(parent)) from exc
-    if not isinstance(name, str) or not name.startswith("snapshot-") or "/" in name or not isinstance(files, dict):
+        raise SnapshotCorruption(f"packed snapshot is malformed: {type(exc).__name__}: {exc!r}",
+                                 path=str(parent)) from exc
+    if not isinstance(name, str) or not _SNAPSHOT_NAME.fullmatch(name) or not isinstance(files, dict):
         raise SnapshotCorruption(f"packed snapshot has an invalid name {name!r}", path=str(parent))
     parent.mkdir(parents=True, exist_ok=True)
     temporary = parent / (name + ".tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
     temporary.mkdir()
-    for file_name, content in files.items():
-        if not isinstance(file_name, str) or "/" in file_name or file_name in ("", ".", ".."):
-            raise SnapshotCorruption(f"packed snapshot has an invalid file name {file_name!r}", path=str(parent))
-        _write_synced(temporary / file_name, content)
-    _fsync_directory(temporary)
+    try:
+        for file_name, content in files.items():
+            if not isinstance(file_name, str) or not _SAFE_FILE_NAME.fullmatch(file_name):
+                raise SnapshotCorruption(f"packed snapshot has an invalid file name {file_name!r}",
+                                         path=str(parent))
+            if not isinstance(content, bytes):
+                raise SnapshotCorruption(f"packed snapshot file {file_name!r} is {type(content).__name__}, "
+                                         "not bytes", path=str(parent))
+            _write_synced(temporary / file_name, content)
+        _fsync_directory(temporary)
+        # Check the new snapshot completely before it replaces anything.
+        check_files(temporary, read_manifest(temporary))
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     final = parent / name
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)
     _fsync_directory(parent)
-    load_check = read_manifest(final)
-    for file_name, expected in load_check["files"].items():
-        if _describe(final / file_name) != expected:
-            raise SnapshotCorruption(f"unpacked snapshot file {final / file_name} fails its checksum",
-                                     path=str(final / file_name))
     return final
 
 

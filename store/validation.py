@@ -11,6 +11,7 @@ from rayconf.store.keys import RANGE_END_OPEN
 from rayconf.store.limits import MIB, Limits
 from rayconf.store.records import (
     Command,
+    CompareOp,
     Compact,
     Compare,
     CompareTarget,
@@ -62,13 +63,36 @@ def check_range_end(key: bytes, range_end: object, limits: Limits) -> None:
         )
 
 
+# Revisions, times and counts are stored as Arrow int64.
+INT64_MAX = 2**63 - 1
+
+
+def is_int(value: object) -> bool:
+    """Return whether `value` is an int and not a bool, which Python counts as an int."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_revision_argument(name: str, value: object) -> int:
+    """Return `value` if it is a revision argument: 0 for "current" or a positive int."""
+    if not is_int(value) or not 0 <= value <= INT64_MAX:  # type: ignore[operator]
+        raise InvalidRequest(f"{name} is {value!r}; give 0 for the current revision or a positive integer")
+    return value  # type: ignore[return-value]
+
+
+def check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} is {value!r}; give True or False")
+
+
 def check_range(request: RangeRequest, limits: Limits) -> None:
+    if not isinstance(request, RangeRequest):
+        raise InvalidRequest(f"expected a RangeRequest, got {type(request).__name__}")
     check_key(request.key, limits)
     check_range_end(request.key, request.range_end, limits)
-    for name in ("limit", "revision"):
-        value = getattr(request, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidRequest(f"range {name} is {value!r}; give 0 or a positive integer")
+    check_revision_argument("range limit", request.limit)
+    check_revision_argument("range revision", request.revision)
+    check_flag("keys_only", request.keys_only)
+    check_flag("count_only", request.count_only)
 
 
 def check_command(command: Command, limits: Limits) -> None:
@@ -78,11 +102,11 @@ def check_command(command: Command, limits: Limits) -> None:
     _check_text("request_id", command.request_id, limits.max_request_id_bytes)
     _check_text("principal", command.principal, limits.max_request_id_bytes)
     _check_text("note", command.note, limits.max_note_bytes)
-    if not isinstance(command.time_ms, int) or command.time_ms < 0:
-        raise InvalidRequest(f"time_ms is {command.time_ms!r}; give milliseconds since the epoch")
+    if not is_int(command.time_ms) or not 0 <= command.time_ms <= INT64_MAX:
+        raise InvalidRequest(f"time_ms is {command.time_ms!r}; give milliseconds since the epoch as an int")
     body = command.body
     if isinstance(body, Compact):
-        if not isinstance(body.revision, int) or isinstance(body.revision, bool) or body.revision < 1:
+        if not is_int(body.revision) or not 1 <= body.revision <= INT64_MAX:
             raise InvalidRequest(f"compact revision is {body.revision!r}; give a revision of 1 or more")
         return
     if not isinstance(body, Txn):
@@ -111,9 +135,14 @@ def _check_compare(compare: object, limits: Limits) -> None:
     if not isinstance(compare, Compare):
         raise InvalidRequest(f"txn compare must be Compare, got {type(compare).__name__}")
     check_key(compare.key, limits, "compare key")
+    if not isinstance(compare.target, CompareTarget):
+        raise InvalidRequest(f"compare target {compare.target!r} is unknown; use a CompareTarget such as "
+                             "CompareTarget.VERSION")
+    if not isinstance(compare.op, CompareOp):
+        raise InvalidRequest(f"compare op {compare.op!r} is unknown; use a CompareOp such as CompareOp.EQUAL")
     if compare.target is CompareTarget.VALUE:
         check_value(compare.key, compare.operand, limits)
-    elif not isinstance(compare.operand, int) or isinstance(compare.operand, bool):
+    elif not is_int(compare.operand) or not -INT64_MAX <= compare.operand <= INT64_MAX:  # type: ignore[operator]
         raise InvalidRequest(
             f"compare on {compare.target.value} of {_show(compare.key)} needs an integer operand, "
             f"got {compare.operand!r}"
@@ -124,9 +153,11 @@ def _check_operation(operation: object, limits: Limits) -> None:
     if isinstance(operation, Put):
         check_key(operation.key, limits)
         check_value(operation.key, operation.value, limits)
+        check_flag("put prev_kv", operation.prev_kv)
     elif isinstance(operation, DeleteRange):
         check_key(operation.key, limits)
         check_range_end(operation.key, operation.range_end, limits)
+        check_flag("delete prev_kv", operation.prev_kv)
     elif isinstance(operation, RangeRequest):
         check_range(operation, limits)
     else:
@@ -165,7 +196,11 @@ def _delete_covers(delete: DeleteRange, key: bytes) -> bool:
 def _check_text(name: str, value: object, max_bytes: int) -> None:
     if not isinstance(value, str):
         raise InvalidRequest(f"{name} must be a string, got {type(value).__name__}")
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{name} has a character that UTF-8 cannot encode at position {exc.start}; "
+                             "remove it") from exc
     if size > max_bytes:
         raise InvalidRequest(f"{name} is {size} bytes, above the limit of {max_bytes}; shorten it")
 

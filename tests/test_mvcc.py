@@ -27,6 +27,7 @@ from rayconf.store.records import (
     EventType,
     Put,
     RangeRequest,
+    RangeResponse,
     Txn,
 )
 
@@ -278,3 +279,97 @@ def test_codec_round_trip() -> None:
 def test_codec_rejects_malformed(data: bytes) -> None:
     with pytest.raises(InvalidRequest):
         decode_command(data)
+
+
+BAD_HEADERS = [
+    pytest.param({"time_ms": 2**63}, id="time_ms above int64"),
+    pytest.param({"time_ms": True}, id="time_ms bool"),
+    pytest.param({"time_ms": -1}, id="time_ms negative"),
+    pytest.param({"note": "\udc80"}, id="lone surrogate note"),
+    pytest.param({"principal": "\ud800"}, id="lone surrogate principal"),
+    pytest.param({"request_id": 7}, id="int request id"),
+]
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS)
+def test_bad_header_rejected_in_its_slot(header: dict) -> None:
+    state = MVCC(Limits(tail_versions_max=2))
+    state.put(b"/k", b"1")
+    batch = [Command(Txn(success=(Put(b"/k", b"2"),)), **header), Command(Txn(success=(Put(b"/other", b"x"),)))]
+    results = state.apply(state.applied_index + 1, batch)
+    assert isinstance(results[0], InvalidRequest)
+    assert not isinstance(results[1], RayconfError)
+    kv = state.get(b"/k")
+    assert kv is not None and kv.value == b"1"
+    for number in range(5):
+        state.put(b"/k", str(number).encode())
+    assert state.statistics()["segments"] >= 1
+
+
+@pytest.mark.parametrize(
+    "compare",
+    [
+        Compare(b"/k", "version", CompareOp.EQUAL, 2),  # type: ignore[arg-type]
+        Compare(b"/k", CompareTarget.VERSION, "=", 2),  # type: ignore[arg-type]
+        Compare(b"/k", CompareTarget.VERSION, None, 2),  # type: ignore[arg-type]
+        Compare(b"/k", CompareTarget.VERSION, CompareOp.EQUAL, True),
+    ],
+)
+def test_bad_compare_rejected(compare: Compare) -> None:
+    state = MVCC()
+    state.put(b"/k", b"1")
+    result = state.apply(state.applied_index + 1, [Command(Txn(compares=(compare,), success=(Put(b"/k", b"9"),)))])
+    assert isinstance(result[0], InvalidRequest)
+    kv = state.get(b"/k")
+    assert kv is not None and kv.value == b"1"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.ls(b"/a/", revision="x"),
+        lambda s: s.ls(b"/a/", revision=-1),
+        lambda s: s.ls(b"/a/", revision=1.5),
+        lambda s: s.hash_kv("x"),
+        lambda s: s.hash_kv(1.5),
+        lambda s: s.events("x"),
+        lambda s: s.events(None),
+        lambda s: s.events(1.5),
+        lambda s: s.events(2, "/a"),
+        lambda s: s.events(2, b"/a", "/b"),
+        lambda s: s.history(b"/a", limit=-1),
+        lambda s: s.history(b"/a", limit="x"),
+        lambda s: s.range(b"/a"),
+        lambda s: s.apply("x", []),
+        lambda s: s.apply(9, None),
+        lambda s: s.apply(5.5, []),
+        lambda s: MVCC(limits="x"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_read_argument_raises_typed_error(call) -> None:  # type: ignore[no-untyped-def]
+    state = MVCC()
+    state.put(b"/a/x", b"1")
+    before = (state.hash_kv(), state.statistics())
+    with pytest.raises(InvalidRequest):
+        call(state)
+    assert (state.hash_kv(), state.statistics()) == before
+
+
+def test_duplicate_compact_reports_first_revision() -> None:
+    state = MVCC()
+    for number in range(5):
+        state.put(b"/k", str(number).encode())
+    state.compact(3, request_id="compact-1")
+    state.put(b"/k", b"later")
+    again = state.compact(3, request_id="compact-1")
+    assert again.duplicate
+    assert again.compact_revision == 3
+
+
+def test_txn_read_reports_revision_of_own_writes() -> None:
+    state = MVCC()
+    state.put(b"/a", b"1")
+    response = state.txn(Txn(success=(Put(b"/a", b"2"), RangeRequest(b"/a"))))
+    read = response.responses[1]
+    assert isinstance(read, RangeResponse)
+    assert read.revision == response.revision == read.kvs[0].mod_revision

@@ -94,9 +94,13 @@ class Model:
         if revision > self.revision:
             raise FutureRevision("", current_revision=self.revision, requested_revision=revision)
 
-    def range(self, request: RangeRequest, pending: dict[bytes, KeyValue] | None = None) -> RangeResponse:
+    def range(self, request: RangeRequest, pending: dict[bytes, KeyValue] | None = None,
+              pending_revision: int = 0) -> RangeResponse:
         revision = request.revision or self.revision
         self.check_readable(revision)
+        if pending is not None and request.revision == 0 and pending_revision:
+            # A txn's read of its own writes reports the revision they will get.
+            revision = pending_revision
         state = pending if pending is not None and request.revision == 0 else self.state_at(revision)
         if request.range_end is None:
             matches = [state[request.key]] if request.key in state else []
@@ -249,7 +253,8 @@ class EngineAgainstModel(RuleBasedStateMachine):
                     events.append(Event(EventType.DELETE, KeyValue(key, b"", 0, new_revision, 0), previous))
                 responses.append(DeleteRangeResponse(len(doomed), tuple(previous_kvs) if op.prev_kv else ()))
             else:
-                responses.append(model.range(op, pending=dict(sorted(pending.items()))))
+                responses.append(model.range(op, pending=dict(sorted(pending.items())),
+                                             pending_revision=new_revision if new_versions else 0))
         if new_versions:
             model.revision = new_revision
             model.versions.extend(new_versions)

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from rayconf.errors import SnapshotCorruption
@@ -133,3 +134,71 @@ def test_flush_and_merge_keep_hash() -> None:
     assert state.statistics()["segments"] <= 3
     for revision, expected in hashes:
         assert state.hash_kv(revision) == expected
+
+
+def _rewrite_manifest(directory: Path, change) -> None:  # type: ignore[no-untyped-def]
+    path = directory / snapshot.MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+MANIFEST_TAMPERING = [
+    pytest.param(lambda m: m.update(revision=-5), id="negative revision"),
+    pytest.param(lambda m: m.update(compact_revision=10**6), id="compact above revision"),
+    pytest.param(lambda m: m.update(format=True), id="bool format"),
+    pytest.param(lambda m: m.update(files={}), id="no files listed"),
+    pytest.param(lambda m: m.update(segments=["../../elsewhere/segment-000000000001"]), id="segment path escape"),
+    pytest.param(lambda m: m.update(segments=m["segments"] * 2), id="repeated segment"),
+    pytest.param(lambda m: m.update(revision=2), id="revision below stored versions"),
+    pytest.param(lambda m: m["files"].update({"/etc/hostname": {"bytes": 1, "sha256": "0"}}), id="foreign file"),
+]
+
+
+@pytest.mark.parametrize("change", MANIFEST_TAMPERING)
+def test_tampered_manifest_rejected(tmp_path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    directory = snapshot.save(busy_state(writes=60), tmp_path)
+    _rewrite_manifest(directory, change)
+    with pytest.raises(SnapshotCorruption):
+        snapshot.load(directory)
+
+
+def test_bad_unpack_keeps_good_snapshot(tmp_path: Path) -> None:
+    import msgpack
+
+    source = snapshot.save(busy_state(writes=40), tmp_path / "source")
+    good = snapshot.unpack(snapshot.pack(source), tmp_path / "target")
+    expected_hash = snapshot.load(good).hash_kv()
+    unpacked = msgpack.unpackb(snapshot.pack(source), raw=False)
+    unpacked["files"]["live.arrow"] = b"garbage"
+    with pytest.raises(SnapshotCorruption):
+        snapshot.unpack(msgpack.packb(unpacked, use_bin_type=True), tmp_path / "target")
+    assert snapshot.latest(tmp_path / "target") == good
+    assert snapshot.load(good).hash_kv() == expected_hash
+    assert not list((tmp_path / "target").glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "files",
+    [{"live.arrow": 5}, {"bad\x00name": b"x"}, {"..": b"x"}, {"": b"x"}],
+)
+def test_unpack_rejects_bad_files(tmp_path: Path, files: dict) -> None:
+    import msgpack
+
+    packed = msgpack.packb({"name": "snapshot-0000000000000001", "files": files}, use_bin_type=True)
+    with pytest.raises(SnapshotCorruption):
+        snapshot.unpack(packed, tmp_path)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_accepts_text_path(tmp_path: Path) -> None:
+    state = busy_state(writes=20)
+    directory = snapshot.save(state, tmp_path)
+    assert snapshot.load(str(directory)).hash_kv() == state.hash_kv()
+
+
+def test_segment_keys_use_64_bit_offsets() -> None:
+    # Plain binary has 32-bit offsets and overflows past 2 GiB of keys in one segment.
+    segment = build_segment("segment-000000000009", [(b"/k", (2, KIND_PUT, b"v", 2, 1))], [])
+    assert segment.versions.schema.field("key").type == pa.large_binary()
+    assert segment.versions_of(b"/k") == [(2, KIND_PUT, b"v", 2, 1)]
