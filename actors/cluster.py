@@ -23,6 +23,7 @@ import ray
 
 from rayconf.actors.replica import ReplicaActor
 from rayconf.actors.replica_core import ReplicaSettings
+from rayconf.actors.shard_store import ShardStoreActor, store_actor_name
 from rayconf.actors.transport import replica_actor_name
 from rayconf.errors import InvalidRequest, Unavailable
 
@@ -39,6 +40,11 @@ class DataCenter:
     name: str
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
+    # Shard stores (read replicas) in this data center.
+    stores: int = 0
+
+    def store_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}-s{number}" for number in range(1, self.stores + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,17 @@ class ClusterSpec:
     def members(self) -> list[str]:
         return list(self.voters() + self.learners())
 
+    def stores(self) -> tuple[str, ...]:
+        return tuple(store for dc in self.data_centers for store in dc.store_names())
+
+    def stores_in(self, data_center: str) -> tuple[str, ...]:
+        return tuple(store for dc in self.data_centers if dc.name == data_center for store in dc.store_names())
+
+    def replicas_near(self, data_center: str) -> list[str]:
+        """Return every member, those of `data_center` first, for a store to follow."""
+        local = [m for dc in self.data_centers if dc.name == data_center for m in dc.voters + dc.learners]
+        return local + [member for member in self.members() if member not in local]
+
     def data_center_of(self, member: str) -> str:
         for dc in self.data_centers:
             if member in dc.voters or member in dc.learners:
@@ -80,9 +97,9 @@ class ClusterSpec:
 
 def default_spec(data_directory: str = "./rayconf-data", namespace: str = DEFAULT_NAMESPACE,
                  tick_ms: int = 50) -> ClusterSpec:
-    """Return the embedded default: dc-a, dc-b and dc-c with one voter each."""
+    """Return the embedded default: dc-a, dc-b and dc-c with one voter and one shard store each."""
     return ClusterSpec(
-        data_centers=tuple(DataCenter(name, voters=(f"{name}-1",)) for name in ("dc-a", "dc-b", "dc-c")),
+        data_centers=tuple(DataCenter(name, voters=(f"{name}-1",), stores=1) for name in ("dc-a", "dc-b", "dc-c")),
         data_directory=str(Path(data_directory).resolve()),
         namespace=namespace,
         tick_ms=tick_ms,
@@ -106,7 +123,7 @@ def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
         namespace=spec.namespace,
         resources=resources_for(spec),
         log_to_driver=False,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
         _node_ip_address="127.0.0.1",
     )
 
@@ -114,6 +131,13 @@ def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
 def find_replica(spec: ClusterSpec, member: str) -> Any:
     try:
         return ray.get_actor(replica_actor_name(member), namespace=spec.namespace)
+    except ValueError:
+        return None
+
+
+def find_store(spec: ClusterSpec, store: str) -> Any:
+    try:
+        return ray.get_actor(store_actor_name(store), namespace=spec.namespace)
     except ValueError:
         return None
 
@@ -135,6 +159,19 @@ def up(spec: ClusterSpec, *, wait_for_leader_s: float = 30.0) -> dict[str, Any]:
         ).remote(member, spec.data_directory, spec.voters(), spec.learners(), spec.namespace, spec.tick_ms,
                  spec.settings)
         created.append(member)
+    for dc in spec.data_centers:
+        for store in dc.store_names():
+            if find_store(spec, store) is not None:
+                continue
+            ShardStoreActor.options(  # type: ignore[attr-defined]
+                name=store_actor_name(store),
+                namespace=spec.namespace,
+                lifetime="detached",
+                max_restarts=-1,
+                num_cpus=0,
+                resources={dc.name: RESOURCE_PER_ACTOR},
+            ).remote(store, dc.name, spec.replicas_near(dc.name), spec.namespace)
+            created.append(store)
     if created:
         logger.info("created replicas %s in namespace %s", created, spec.namespace)
     deadline = time.monotonic() + wait_for_leader_s
@@ -165,6 +202,19 @@ def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
             members[member] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
             members[member] = {"health": "unreachable", "error": type(error).__name__}
+    stores: dict[str, Any] = {}
+    store_pending = {}
+    for store in spec.stores():
+        handle = find_store(spec, store)
+        if handle is None:
+            stores[store] = {"health": "missing"}
+        else:
+            store_pending[store] = handle.status.remote()
+    for store, reference in store_pending.items():
+        try:
+            stores[store] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
+            stores[store] = {"health": "unreachable", "error": type(error).__name__}
     leaders = {info.get("leader") for info in members.values() if info.get("role") == "leader"}
     leader = leaders.pop() if len(leaders) == 1 else ""
     terms = [info["term"] for info in members.values() if "term" in info]
@@ -172,6 +222,7 @@ def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
         "leader": leader,
         "term": max(terms) if terms else 0,
         "members": members,
+        "stores": stores,
         "auth": "disabled",
     }
 
@@ -182,13 +233,19 @@ def down(spec: ClusterSpec, *, timeout_s: float = 30.0) -> list[str]:
     The data directories stay, so the next `up` recovers the cluster from them.
     """
     stopped = []
+    for store in spec.stores():
+        handle = find_store(spec, store)
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
     for member in spec.members():
         handle = find_replica(spec, member)
         if handle is not None:
             ray.kill(handle, no_restart=True)
             stopped.append(member)
     deadline = time.monotonic() + timeout_s
-    while any(find_replica(spec, member) is not None for member in stopped):
+    while any(find_replica(spec, member) is not None for member in stopped) or any(
+        find_store(spec, store) is not None for store in spec.stores()
+    ):
         if time.monotonic() > deadline:
             raise Unavailable(f"replicas {stopped} were killed but their names are still taken after {timeout_s} s")
         time.sleep(0.05)

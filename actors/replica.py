@@ -32,7 +32,7 @@ from typing import Any
 
 import ray
 
-from rayconf.actors.raft.types import Message, NodeId
+from rayconf.actors.raft.types import Message, MessageType, NodeId
 from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
 from rayconf.actors.transport import Transport
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
@@ -41,10 +41,14 @@ from rayconf.store.records import Command, HistoryEntry, RangeRequest, RangeResp
 
 logger = logging.getLogger(__name__)
 
+# Messages that only a leader sends; their arrival means the leader is reachable.
+LEADER_MESSAGE_TYPES = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
 # Ready rounds per wake-up before the loop yields to pending calls.
 READY_ROUNDS_MAX = 64
 # Proposals and reads waiting at once; beyond it new ones are rejected as Unavailable.
 PENDING_REQUESTS_MAX = 10_000
+# Bytes of entries per committed-stream reply (at least one entry is sent).
+STREAM_BYTES_MAX = 4 * 1024 * 1024
 
 
 @ray.remote
@@ -73,6 +77,8 @@ class ReplicaActor:
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._started = time.monotonic()
+        # When a leader's append, heartbeat or snapshot last arrived; 0 for never.
+        self._leader_contact = 0.0
         self._loop_task = asyncio.get_event_loop().create_task(self._run())
         logger.info("replica actor %s up, data in %s", member, directory)
 
@@ -142,8 +148,18 @@ class ReplicaActor:
 
     async def receive(self, batch: list[Message]) -> None:
         for message in batch:
+            if message.type in LEADER_MESSAGE_TYPES:
+                self._leader_contact = time.monotonic()
             self.core.step(message)
         self._wake.set()
+
+    def leader_age_ms(self) -> int:
+        """Return the time since this member last heard from a leader; 0 on the leader itself."""
+        if self.core.is_leader():
+            return 0
+        if not self._leader_contact:
+            return 2**31
+        return int((time.monotonic() - self._leader_contact) * 1000)
 
     # --- Calls from clients. ---
 
@@ -182,7 +198,42 @@ class ReplicaActor:
             raise InvalidRequest(f"consistency {consistency!r} is unknown; use 'linearizable' or 'serializable'")
         return self.core.state.range(request)
 
+    async def read_index(self, timeout_s: float = 5.0) -> int:
+        """Return a log index that a linearizable read must wait for, confirmed by a quorum.
+
+        Shard stores call this, then serve the read once they have applied the index.
+        """
+        return await self._read_index(timeout_s)
+
+    async def committed_since(self, after_index: int, entries_max: int, wait_s: float) -> dict[str, Any]:
+        """Return applied entries after `after_index`, waiting up to `wait_s` for new ones.
+
+        Returns {"snapshot": packed bytes, "entries": []} when the entries after
+        `after_index` are already compacted, so the caller must load the snapshot.
+        """
+        storage = self.core.storage
+        if after_index + 1 < storage.first_index():
+            return {"snapshot": storage.snapshot().data, "entries": [], "leader_age_ms": self.leader_age_ms()}
+        if self.core.state.applied_index <= after_index:
+            try:
+                await asyncio.wait_for(self._wait_applied(after_index + 1), timeout=wait_s)
+            except asyncio.TimeoutError:
+                return {"snapshot": None, "entries": [], "leader_age_ms": self.leader_age_ms()}
+            if after_index + 1 < storage.first_index():
+                return {"snapshot": storage.snapshot().data, "entries": [], "leader_age_ms": self.leader_age_ms()}
+        high = min(self.core.state.applied_index, after_index + entries_max) + 1
+        entries = storage.entries(after_index + 1, high, STREAM_BYTES_MAX)
+        return {"snapshot": None, "entries": [(entry.index, entry.type.value, entry.data) for entry in entries],
+                "leader_age_ms": self.leader_age_ms()}
+
     async def _confirm_read_index(self, timeout_s: float) -> None:
+        index = await self._read_index(timeout_s)
+        try:
+            await asyncio.wait_for(self._wait_applied(index), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"{self.member} did not apply index {index} within {timeout_s} s") from None
+
+    async def _read_index(self, timeout_s: float) -> int:
         if len(self._reads) >= PENDING_REQUESTS_MAX:
             raise Unavailable(f"{self.member} has {len(self._reads)} reads waiting; retry later")
         context = uuid.uuid4().bytes
@@ -195,8 +246,7 @@ class ReplicaActor:
             raise Unavailable(f"{self.member} cannot serve a linearizable read now: {error}") from error
         self._wake.set()
         try:
-            index = await asyncio.wait_for(future, timeout=timeout_s)
-            await asyncio.wait_for(self._wait_applied(index), timeout=timeout_s)
+            return await asyncio.wait_for(future, timeout=timeout_s)
         except asyncio.TimeoutError:
             self._reads.pop(context, None)
             raise Unavailable(f"linearizable read on {self.member} timed out after {timeout_s} s; "
@@ -218,6 +268,7 @@ class ReplicaActor:
     async def status(self) -> dict[str, Any]:
         status = self.core.status()
         status["uptime_s"] = round(time.monotonic() - self._started, 1)
+        status["leader_age_ms"] = self.leader_age_ms()
         status["pending_proposals"] = len(self._proposals)
         status["pending_reads"] = len(self._reads)
         status["transport"] = self.transport.statistics()

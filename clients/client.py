@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 import ray
 
-from rayconf.actors.cluster import ClusterSpec, find_replica
+from sortedcontainers import SortedList
+
+from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
-from rayconf.store.keys import prefix_end, validate_directory, validate_path
+from rayconf.store.keys import DirectoryEntry, iter_children, prefix_end, validate_directory, validate_path
 from rayconf.store.records import (
     Command,
     Compact,
@@ -46,6 +49,22 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CONSISTENCIES = ("linearizable", "serializable")
+# "linearizable", "serializable", or the largest acceptable staleness in milliseconds.
+Consistency = Union[str, int]
+
+
+def parse_consistency(consistency: Consistency) -> tuple[str, int | None]:
+    """Return (mode, staleness bound in ms or None) for a `consistency` argument."""
+    if isinstance(consistency, bool):
+        raise InvalidRequest(f"consistency {consistency!r} is invalid; use 'linearizable', 'serializable' or ms")
+    if isinstance(consistency, int):
+        if consistency < 0:
+            raise InvalidRequest(f"staleness bound {consistency} ms is negative; give 0 or more milliseconds")
+        return "serializable", consistency
+    if consistency not in CONSISTENCIES:
+        raise InvalidRequest(f"consistency {consistency!r} is unknown; use one of {CONSISTENCIES} or a "
+                             "staleness bound in milliseconds")
+    return consistency, None
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
 
@@ -60,10 +79,25 @@ def to_key(path: str | bytes) -> bytes:
 class Client:
     """A connection to one rayconf cluster, through its replica actors."""
 
-    def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "") -> None:
+    def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "",
+                 data_center: str | None = None, session: bool = True) -> None:
+        """Connect to the cluster of `spec`.
+
+        Reads go to a shard store of `data_center` (default: the
+        RAYCONF_DATA_CENTER environment variable, else the spec's first data
+        center), or to a replica when that data center has no store. With
+        `session`, every read waits for the newest revision this client wrote.
+        """
         self.spec = spec
         self.timeout_s = timeout_s
         self.principal = principal
+        self.data_center = data_center or os.environ.get("RAYCONF_DATA_CENTER") or spec.data_centers[0].name
+        if self.data_center not in {dc.name for dc in spec.data_centers}:
+            raise InvalidRequest(f"data center {self.data_center!r} is not in the cluster spec; choose one of "
+                                 f"{[dc.name for dc in spec.data_centers]}")
+        self.session = session
+        # Store, revision and age of the last read, for callers that show staleness.
+        self.last_read: dict[str, Any] = {}
         self._client_id = uuid.uuid4().hex[:16]
         self._sequence = itertools.count(1)
         self._leader = ""
@@ -144,27 +178,54 @@ class Client:
 
     # --- Reads. ---
 
-    def get(self, key: str | bytes, *, revision: int = 0, consistency: str = "linearizable") -> KeyValue | None:
-        response = self.range_request(RangeRequest(to_key(key), revision=revision), consistency)
+    def get(self, key: str | bytes, *, revision: int = 0, consistency: Consistency = "linearizable",
+            min_revision: int = 0) -> KeyValue | None:
+        response = self.range_request(RangeRequest(to_key(key), revision=revision), consistency, min_revision)
         return response.kvs[0] if response.kvs else None
 
     def range(self, prefix: str | bytes, *, limit: int = 0, revision: int = 0, keys_only: bool = False,
-              count_only: bool = False, consistency: str = "linearizable") -> RangeResponse:
+              count_only: bool = False, consistency: Consistency = "linearizable",
+              min_revision: int = 0) -> RangeResponse:
         """Read every key that starts with `prefix` (a text directory path or raw bytes)."""
         start = _prefix_key(prefix)
         request = RangeRequest(start, prefix_end(start), limit, revision, keys_only, count_only)
-        return self.range_request(request, consistency)
+        return self.range_request(request, consistency, min_revision)
 
-    def range_request(self, request: RangeRequest, consistency: str = "linearizable") -> RangeResponse:
-        if consistency not in CONSISTENCIES:
-            raise InvalidRequest(f"consistency {consistency!r} is unknown; use one of {CONSISTENCIES}")
+    def ls(self, directory: str | bytes, *, revision: int = 0,
+           consistency: Consistency = "linearizable") -> list[DirectoryEntry]:
+        """List the immediate children of a directory."""
+        start = _prefix_key(directory)
+        if not start.endswith(b"/"):
+            start += b"/"
+        response = self.range_request(RangeRequest(start, prefix_end(start), revision=revision, keys_only=True),
+                                      consistency)
+        return list(iter_children(SortedList(kv.key for kv in response.kvs), start))
+
+    def range_request(self, request: RangeRequest, consistency: Consistency = "linearizable",
+                      min_revision: int = 0) -> RangeResponse:
+        """Serve `request` at `consistency`: "linearizable", "serializable", or a staleness bound in ms."""
+        mode, staleness_ms = parse_consistency(consistency)
+        if self.session:
+            min_revision = max(min_revision, self.last_revision)
+        stores = self.spec.stores_in(self.data_center)
 
         def attempt() -> RangeResponse:
+            if stores:
+                store = stores[self._random.randrange(len(stores))]
+                handle = find_store(self.spec, store)
+                if handle is None:
+                    raise Unavailable(f"shard store {store} is not running")
+                reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, self.timeout_s),
+                                timeout=self.timeout_s + 1)
+                response: RangeResponse = reply["response"]
+                self.last_read = {"store": reply["store"], "age_ms": reply["age_ms"], "revision": response.revision}
+                return response
             member = self._read_member()
-            handle = find_replica(self.spec, member)
-            if handle is None:
+            replica = find_replica(self.spec, member)
+            if replica is None:
                 raise Unavailable(f"replica {member} is not running")
-            response: RangeResponse = ray.get(handle.read.remote(request, consistency), timeout=self.timeout_s)
+            response = ray.get(replica.read.remote(request, mode), timeout=self.timeout_s)
+            self.last_read = {"replica": member, "age_ms": 0, "revision": response.revision}
             return response
         return self._retry(attempt, "read")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from typing import Any
@@ -30,7 +31,7 @@ def join_ray(address: str, namespace: str) -> None:
     # NOTE: with Ray 2.60's default token authentication, connecting by an
     # explicit address to a cluster that `serve` started fails with
     # InvalidAuthToken here, while "auto" works; the cause is not found yet.
-    ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level="ERROR")
+    ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
 
 
 def connect(arguments: argparse.Namespace) -> Client:

@@ -71,9 +71,10 @@ def _compare(item: Any, where: str) -> Compare:
     if target is CompareTarget.VALUE:
         operand: bytes | int = _value(item, where)
     else:
-        operand = item.get("value")
-        if not isinstance(operand, int) or isinstance(operand, bool):
-            raise InvalidRequest(f"{where}: a compare on {target.value} needs an integer value, got {operand!r}")
+        number = item.get("value")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise InvalidRequest(f"{where}: a compare on {target.value} needs an integer value, got {number!r}")
+        operand = number
     return Compare(_key(item["key"], where), target, op, operand)
 
 

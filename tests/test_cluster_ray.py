@@ -12,7 +12,8 @@ import ray
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
 from rayconf.clients.client import Client
-from rayconf.errors import InvalidKey, TxnFailed
+from rayconf.errors import InvalidKey, TxnFailed, Unavailable
+from rayconf.store.records import KeyValue
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,53 @@ def test_down_and_up_recovers_data(spec: ClusterSpec, client: Client) -> None:
         assert info["uptime_s"] <= time.monotonic() - started + 0.5, f"{member} was not restarted by up"
     kv = Client(spec, timeout_s=20.0).get("/persist/me")
     assert kv is not None and kv.value == b"yes"
+
+
+def _set_blocked(spec: ClusterSpec, blocked: list[tuple[str, str]]) -> None:
+    ray.get([cluster.find_replica(spec, member).set_faults.remote(blocked) for member in spec.members()])
+
+
+def test_cut_off_data_center_serves_stale_reads(spec: ClusterSpec, client: Client) -> None:
+    client.put("/part/flag", b"before")
+    far = Client(spec, data_center="dc-c", timeout_s=3.0, session=False)
+    deadline = time.monotonic() + 20
+    while (far.get("/part/flag", consistency="serializable") or KeyValue(b"", b"", 0, 0, 0)).value != b"before":
+        assert time.monotonic() < deadline, "the dc-c store never caught up"
+        time.sleep(0.1)
+
+    cut = [(a, b) for a in spec.members() for b in spec.members()
+           if a != b and "dc-c" in (spec.data_center_of(a), spec.data_center_of(b))]
+    _set_blocked(spec, cut)
+    try:
+        written = client.put("/part/flag", b"after")
+        time.sleep(1.0)
+        stale = far.get("/part/flag", consistency="serializable")
+        assert stale is not None and stale.value == b"before"
+        assert far.last_read["revision"] < written.revision
+        assert far.last_read["age_ms"] >= 500
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            far.get("/part/flag")
+        assert time.monotonic() - started < 3.0 + 5.0
+        with pytest.raises(Unavailable):
+            far.get("/part/flag", consistency=200)
+    finally:
+        _set_blocked(spec, [])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            healed = far.get("/part/flag")
+        except Unavailable:
+            healed = None
+        if healed is not None and healed.value == b"after":
+            break
+        assert time.monotonic() < deadline, "dc-c did not catch up after healing"
+        time.sleep(0.2)
+
+
+def test_session_reads_own_writes_in_other_data_center(spec: ClusterSpec) -> None:
+    writer = Client(spec, data_center="dc-b", timeout_s=20.0)
+    written = writer.put("/session/key", b"mine")
+    seen = writer.get("/session/key", consistency="serializable")
+    assert seen is not None and seen.value == b"mine"
+    assert writer.last_read["revision"] >= written.revision

@@ -1,0 +1,196 @@
+"""The shard store actor: a read replica of the state, fed by the committed stream.
+
+A store belongs to one data center and follows one replica, preferably the
+one in its own data center. It starts from that replica's latest snapshot and
+then pulls committed entries with a long poll (`committed_since`): the
+replica answers as soon as something new is applied, or after a wait. Pulling
+keeps entries in log order, which pushed actor calls would not, and a slow
+store never makes a replica buffer for it. A store that falls behind the
+replica's compacted log loads a fresh snapshot.
+
+Reads:
+- "serializable": the store's state now, with its revision and its age, the
+  time since it last heard from its replica. It answers even when its data
+  center is cut off from the quorum.
+- bounded staleness (`max_staleness_ms`): as serializable, but only if the
+  age is within the bound. Otherwise it waits for the next poll, up to the
+  timeout, then raises `Unavailable`.
+- "linearizable": asks the replica for a ReadIndex, which the leader
+  confirms with a quorum, then waits until the store has applied that index.
+
+Every read may carry `min_revision`: the store waits until it has applied
+that revision, which gives a client read-your-writes in any data center.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rayconf.actors.raft.types import EntryType
+from rayconf.errors import InvalidRequest, RayconfError, Unavailable
+from rayconf.store import snapshot as mvcc_snapshot
+from rayconf.store.codec import decode_command
+from rayconf.store.mvcc import MVCC
+from rayconf.store.records import RangeRequest, RangeResponse
+
+logger = logging.getLogger(__name__)
+
+POLL_WAIT_S = 1.0
+POLL_ENTRIES_MAX = 1000
+RETRY_DELAY_S = 0.2
+
+
+def store_actor_name(member: str) -> str:
+    return f"store-{member}"
+
+
+@ray.remote
+class ShardStoreActor:
+    """A read replica of one shard in one data center."""
+
+    def __init__(self, name: str, data_center: str, replicas: list[str], namespace: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.name = name
+        self.data_center = data_center
+        # Replicas to follow, the preferred (same data center) first.
+        self.replicas = replicas
+        self.namespace = namespace
+        self.state = MVCC()
+        self.following = ""
+        # When the followed replica last heard from a leader, as of its latest reply.
+        self.last_contact = 0.0
+        self._progress = asyncio.Condition()
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"rayconf-{name}-"))
+        self._task = asyncio.get_event_loop().create_task(self._follow())
+        logger.info("shard store %s up in %s, following %s", name, data_center, replicas)
+
+    # --- Following the committed stream. ---
+
+    async def _follow(self) -> None:
+        while True:
+            for member in self.replicas:
+                try:
+                    await self._follow_replica(member)
+                except (ray.exceptions.RayActorError, ray.exceptions.RaySystemError, ValueError) as error:
+                    logger.warning("store %s lost replica %s: %s", self.name, member, type(error).__name__)
+                except RayconfError as error:
+                    logger.warning("store %s stopped following %s: %s", self.name, member, error)
+                await asyncio.sleep(RETRY_DELAY_S)
+
+    async def _follow_replica(self, member: str) -> None:
+        from rayconf.actors.transport import replica_actor_name
+
+        handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
+        self.following = member
+        while True:
+            reply = await handle.committed_since.remote(self.state.applied_index, POLL_ENTRIES_MAX, POLL_WAIT_S)
+            if reply["snapshot"] is not None:
+                self._load_snapshot(reply["snapshot"])
+                continue
+            for index, entry_type, data in reply["entries"]:
+                self._apply(index, entry_type, data)
+            # The store is as fresh as its replica's last word from the leader.
+            self.last_contact = time.monotonic() - reply["leader_age_ms"] / 1000
+            async with self._progress:
+                self._progress.notify_all()
+
+    def _load_snapshot(self, packed: bytes) -> None:
+        directory = mvcc_snapshot.unpack(packed, self._scratch)
+        self.state = mvcc_snapshot.load(directory)
+        logger.info("store %s loaded a snapshot at index %d, revision %d",
+                    self.name, self.state.applied_index, self.state.revision)
+
+    def _apply(self, index: int, entry_type: str, data: bytes) -> None:
+        if index <= self.state.applied_index:
+            return
+        if entry_type != EntryType.NORMAL.value or not data:
+            self.state.apply(index, [])
+            return
+        try:
+            command = decode_command(data)
+        except InvalidRequest:
+            self.state.apply(index, [])
+            return
+        self.state.apply(index, [command])
+
+    # --- Reads. ---
+
+    async def read(self, request: RangeRequest, consistency: str = "linearizable", min_revision: int = 0,
+                   max_staleness_ms: int | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Serve one range; return the response with the store's revision and age."""
+        responses = await self.read_batch([request], consistency, min_revision, max_staleness_ms, timeout_s)
+        return responses[0]
+
+    async def read_batch(self, requests: list[RangeRequest], consistency: str = "linearizable",
+                         min_revision: int = 0, max_staleness_ms: int | None = None,
+                         timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """Serve several ranges after one consistency check, shared by all of them."""
+        deadline = time.monotonic() + timeout_s
+        if consistency == "linearizable":
+            index = await self._read_index(timeout_s)
+            await self._wait(lambda: self.state.applied_index >= index, deadline,
+                             f"apply index {index}")
+        elif consistency == "serializable":
+            if max_staleness_ms is not None:
+                await self._wait(lambda: self.age_ms() <= max_staleness_ms, deadline,
+                                 f"hear from its replica within {max_staleness_ms} ms")
+        else:
+            raise InvalidRequest(f"consistency {consistency!r} is unknown; use 'linearizable' or 'serializable'")
+        if min_revision:
+            await self._wait(lambda: self.state.revision >= min_revision, deadline,
+                             f"reach revision {min_revision}")
+        results = []
+        for request in requests:
+            response: RangeResponse = self.state.range(request)
+            results.append({"response": response, "age_ms": self.age_ms(), "store": self.name})
+        return results
+
+    async def _read_index(self, timeout_s: float) -> int:
+        from rayconf.actors.transport import replica_actor_name
+
+        for member in self.replicas:
+            try:
+                handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
+                index: int = await handle.read_index.remote(timeout_s)
+                return index
+            except ValueError:
+                continue
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, Unavailable):
+                    raise error.cause from None
+                raise
+        raise Unavailable(f"store {self.name} found no replica to confirm a linearizable read")
+
+    async def _wait(self, ready: Any, deadline: float, what: str) -> None:
+        async with self._progress:
+            while not ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(f"store {self.name} did not {what} in time (revision "
+                                      f"{self.state.revision}, age {self.age_ms()} ms); retry or read elsewhere")
+                try:
+                    await asyncio.wait_for(self._progress.wait(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    def age_ms(self) -> int:
+        if not self.last_contact:
+            return 2**31
+        return int((time.monotonic() - self.last_contact) * 1000)
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "store": self.name,
+            "data_center": self.data_center,
+            "following": self.following,
+            "applied_index": self.state.applied_index,
+            "revision": self.state.revision,
+            "age_ms": self.age_ms(),
+        }
