@@ -98,12 +98,22 @@ class Client:
         self.session = session
         # Store, revision and age of the last read, for callers that show staleness.
         self.last_read: dict[str, Any] = {}
+        self._aio: Any = None
         self._client_id = uuid.uuid4().hex[:16]
         self._sequence = itertools.count(1)
         self._leader = ""
         self._random = random.Random()
         # The newest revision this client wrote; see `last_revision`.
         self.last_revision = 0
+
+    @property
+    def aio(self) -> Any:
+        """The asyncio form of this client (an `AsyncClient` with the same settings)."""
+        if self._aio is None:
+            from rayconf.clients.async_client import AsyncClient
+            self._aio = AsyncClient(self.spec, timeout_s=self.timeout_s, principal=self.principal,
+                                    data_center=self.data_center, session=self.session)
+        return self._aio
 
     # --- Writes. ---
 
@@ -126,20 +136,9 @@ class Client:
         Raises `TxnFailed` with the current value when the compare fails.
         """
         raw = to_key(key)
-        if expected is None:
-            guard = Compare(raw, CompareTarget.VERSION, CompareOp.EQUAL, 0)
-        else:
-            guard = Compare(raw, CompareTarget.VALUE, CompareOp.EQUAL, expected)
-        response = self.txn(Txn(compares=(guard,), success=(Put(raw, value),), failure=(RangeRequest(raw),)),
-                            note=note)
+        response = self.txn(cas_guard(raw, expected, value), note=note)
         if not response.succeeded:
-            current = None
-            if response.responses and isinstance(response.responses[0], RangeResponse):
-                kvs = response.responses[0].kvs
-                current = kvs[0].value if kvs else None
-            raise TxnFailed(f"compare-and-swap on {raw.decode(errors='backslashreplace')!r} failed: the "
-                            f"value is {current!r}, not {expected!r}; read it and retry",
-                            revision=response.revision, current=current)
+            raise cas_failure(raw, expected, response)
         return response
 
     def txn(self, txn: Txn, *, note: str = "") -> TxnResponse:
@@ -287,6 +286,31 @@ class Client:
             logger.debug("%s failed (%s); retrying in %.2f s", what, last, delay)
             time.sleep(delay * (0.5 + self._random.random()))
             delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+def cas_guard(key: bytes, expected: bytes | None, value: bytes) -> Txn:
+    """Return the txn of a compare-and-swap: put if the value (or absence) matches, else read."""
+    if not isinstance(value, bytes):
+        raise InvalidRequest(f"value must be bytes, got {type(value).__name__}; encode text with .encode()")
+    if expected is None:
+        guard = Compare(key, CompareTarget.VERSION, CompareOp.EQUAL, 0)
+    else:
+        guard = Compare(key, CompareTarget.VALUE, CompareOp.EQUAL, expected)
+    return Txn(compares=(guard,), success=(Put(key, value),), failure=(RangeRequest(key),))
+
+
+def cas_failure(key: bytes, expected: bytes | None, response: TxnResponse) -> TxnFailed:
+    """Return the `TxnFailed` error of a compare-and-swap whose compare failed."""
+    current = None
+    if response.responses and isinstance(response.responses[0], RangeResponse):
+        kvs = response.responses[0].kvs
+        current = kvs[0].value if kvs else None
+    return TxnFailed(
+        f"compare-and-swap on {key.decode(errors='backslashreplace')!r} failed: the value is {current!r}, "
+        f"not {expected!r}; read it and retry",
+        revision=response.revision,
+        current=current,
+    )
 
 
 def _prefix_key(prefix: str | bytes) -> bytes:

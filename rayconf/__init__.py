@@ -24,6 +24,8 @@ from rayconf.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Compacted",
     "FutureRevision",
     "InvalidKey",
@@ -33,11 +35,19 @@ __all__ = [
     "TxnFailed",
     "Unavailable",
     "ValueTooLarge",
+    "connect",
     "errors",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # NOTE: `connect` and `Client` arrive with the Ray cluster; until then the
-    # facade exports only the errors and the storage engine subpackages.
+    """Load the client entry points on first use, because they import Ray."""
+    if name in ("connect", "Client"):
+        from rayconf.clients import client
+
+        return getattr(client, name)
+    if name == "AsyncClient":
+        from rayconf.clients.async_client import AsyncClient
+
+        return AsyncClient
     raise AttributeError(f"module 'rayconf' has no attribute {name!r}")

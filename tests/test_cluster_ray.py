@@ -161,3 +161,21 @@ def test_session_reads_own_writes_in_other_data_center(spec: ClusterSpec) -> Non
     seen = writer.get("/session/key", consistency="serializable")
     assert seen is not None and seen.value == b"mine"
     assert writer.last_read["revision"] >= written.revision
+
+
+def test_async_client_coalesces_reads(spec: ClusterSpec) -> None:
+    import asyncio
+
+    from rayconf.clients.async_client import AsyncClient
+
+    async def scenario() -> tuple[list[bytes | None], int]:
+        client = AsyncClient(spec, timeout_s=20.0)
+        await client.put("/async/a", b"1")
+        await client.cas("/async/a", b"1", b"2")
+        calls_before = client.read_calls
+        results = await asyncio.gather(*(client.get("/async/a") for _ in range(64)))
+        return [kv.value if kv else None for kv in results], client.read_calls - calls_before
+
+    values, calls = asyncio.run(scenario())
+    assert values == [b"2"] * 64
+    assert calls < 64
