@@ -208,7 +208,8 @@ def test_stale_leader_steps_down_on_newer_term_response() -> None:
     stale_term = network.term("a")
     sent = network.record_messages()
 
-    # Only a's own heartbeats flow: b and c answer them with their newer term.
+    # After healing, a sends a heartbeat at its old term, and b and c respond
+    # with their newer term.
     network.heal()
     network.nodes["a"].node.raft.step(Message(MessageType.BEAT, from_="a"))
     network.stabilize()

@@ -21,6 +21,7 @@ from rayconf.actors.raft import (
     StateType,
     StepLocalMessage,
 )
+from rayconf.actors.raft.progress import ProgressState
 from rayconf.actors.raft.testing import Network
 
 
@@ -155,3 +156,41 @@ def test_uncommitted_limit_drops_proposals() -> None:
     network.heal()
     network.tick(2)
     assert network.propose("a", b"x" * 100)
+
+
+def test_committed_entries_split_across_readies() -> None:
+    entry_size_bytes = Entry(data=b"x" * 100).size_bytes()
+
+    def small_readies(node_id: str, rng: random.Random) -> Config:
+        return Config(
+            node_id=node_id, max_committed_size_per_ready_bytes=2 * entry_size_bytes, rng=rng
+        )
+
+    network = Network(["a"], seed=1, config_factory=small_readies)
+    network.elect("a")
+    node = network.nodes["a"].node
+    for _ in range(5):
+        node.propose(b"x" * 100)
+
+    sizes = []
+    while node.has_ready():
+        ready = node.ready()
+        network.nodes["a"].storage.append(ready.entries)
+        if ready.hard_state is not None:
+            network.nodes["a"].storage.set_hard_state(ready.hard_state)
+        sizes.append(len(ready.committed_entries))
+        node.advance(ready)
+
+    assert sizes == [2, 2, 1]
+
+
+def test_report_unreachable_moves_follower_to_probe() -> None:
+    network = Network(["a", "b", "c"], seed=1)
+    network.elect("a")
+    assert network.propose("a", b"x")
+    network.stabilize()
+    assert network.nodes["a"].node.status().progress["b"].state is ProgressState.REPLICATE
+
+    network.nodes["a"].node.report_unreachable("b")
+
+    assert network.nodes["a"].node.status().progress["b"].state is ProgressState.PROBE

@@ -115,7 +115,9 @@ def test_read_round_lost_is_retried_by_next_heartbeat() -> None:
 
 
 def lease_config(node_id: str, rng: random.Random) -> Config:
-    return Config(node_id=node_id, read_only_option=LEASE_BASED, lease_drift_margin_ticks=2, rng=rng)
+    return Config(
+        node_id=node_id, read_only_option=LEASE_BASED, lease_drift_margin_ticks=2, rng=rng
+    )
 
 
 def test_lease_read_needs_no_heartbeat_round() -> None:
@@ -183,7 +185,7 @@ def test_restarted_follower_does_not_vote_during_lease() -> None:
     network.tick(3 * ELECTION_TIMEOUT_TICKS)
     assert network.leaders() == ["a"]
 
-    # b restarts and forgets that a leads, then joins d and e.
+    # b restarts without knowing the leader, then joins d and e.
     network.crash("b")
     network.restart("b")
     network.partition(["a", "c"], ["b", "d", "e"])

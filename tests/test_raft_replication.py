@@ -191,7 +191,8 @@ def test_old_term_entry_not_committed_by_counting() -> None:
         storage = start_node_with_log(
             node_id, logs[node_id], HardState(term=3, commit=founding_last)
         )
-        network.nodes[node_id] = MemoryNode(node_id, storage, None, network.nodes[node_id].conf_state)
+        conf_state = network.nodes[node_id].conf_state
+        network.nodes[node_id] = MemoryNode(node_id, storage, None, conf_state)
         network.restart(node_id)
     network.stabilize()
 

@@ -1,14 +1,16 @@
 """Randomized runs of a Raft cluster under message loss, duplication, delay,
-reordering, partitions, crashes and membership changes, checked for Raft's safety
-properties. Each seed reproduces one run.
+reordering, partitions, crashes, leader transfers and membership changes, checked
+for Raft's safety properties. Each seed reproduces one run. The `slow` tests run
+the same checks over a thousand more seeds each.
 
-Checked after every tick: election safety (at most one leader per term) and state
-machine safety (no two nodes apply different entries at the same index, and every
-node's state is a prefix of a more advanced node's state), and linearizable reads
-(a ReadState never has an index below what was committed when the read was
-requested, with ReadIndex rounds and with leases). Checked after recovery:
-log matching (committed log prefixes agree), and that the healed cluster elects one
-leader and commits a new entry on every node.
+Checked after every tick:
+- election safety: at most one leader per term;
+- state machine safety: no two nodes apply different entries at the same index,
+  and every node's state is a prefix of a more advanced node's state;
+- linearizable reads: a ReadState never has an index below what was committed when
+  the read was requested, with ReadIndex rounds and with leases.
+Checked after recovery: log matching (committed log prefixes agree), and that the
+healed cluster elects one leader and commits a new entry on every member.
 """
 
 from __future__ import annotations

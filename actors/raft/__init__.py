@@ -8,7 +8,8 @@ Modules:
 - `types`: records and `Ready`; `config`: settings; `errors`.
 - `storage`, `log`, `log_unstable`: the log with its unstable tail.
 - `progress`, `quorum`: flow control per follower and quorum arithmetic.
-- `confchange`: membership changes. `read_only`: ReadIndex and leases.
+- `confchange`: membership changes.
+- `read_only`, `read_index`: ReadIndex requests, heartbeat rounds and leases.
 - `raft`, `election`, `follower`, `replication`: the step functions.
 - `rawnode`: the caller's API. `testing`: an in-memory cluster for tests.
 """

@@ -198,14 +198,15 @@ def restore(changer: Changer, conf_state: ConfState) -> tuple[TrackerConfig, Pro
     A joint state is rebuilt by first adding the outgoing voters one at a time and
     then entering joint with the changes that produce the incoming half.
     """
-    outgoing = [ConfChangeSingle(ConfChangeType.ADD_NODE, n) for n in conf_state.voters_outgoing]
+    add = ConfChangeType.ADD_NODE
+    add_learner = ConfChangeType.ADD_LEARNER_NODE
+    remove = ConfChangeType.REMOVE_NODE
+    outgoing = [ConfChangeSingle(add, node_id) for node_id in conf_state.voters_outgoing]
     incoming: list[ConfChangeSingle] = []
-    incoming += [ConfChangeSingle(ConfChangeType.REMOVE_NODE, n) for n in conf_state.voters_outgoing]
-    incoming += [ConfChangeSingle(ConfChangeType.ADD_NODE, n) for n in conf_state.voters]
-    incoming += [ConfChangeSingle(ConfChangeType.ADD_LEARNER_NODE, n) for n in conf_state.learners]
-    incoming += [
-        ConfChangeSingle(ConfChangeType.ADD_LEARNER_NODE, n) for n in conf_state.learners_next
-    ]
+    incoming += [ConfChangeSingle(remove, node_id) for node_id in conf_state.voters_outgoing]
+    incoming += [ConfChangeSingle(add, node_id) for node_id in conf_state.voters]
+    incoming += [ConfChangeSingle(add_learner, node_id) for node_id in conf_state.learners]
+    incoming += [ConfChangeSingle(add_learner, node_id) for node_id in conf_state.learners_next]
 
     tracker = changer.tracker
     if not outgoing:

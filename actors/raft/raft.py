@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from rayconf.actors.raft import election, follower, replication
+from rayconf.actors.raft import election, follower, read_index, replication
 from rayconf.actors.raft.confchange import Changer, restore
 from rayconf.actors.raft.config import Config
-from rayconf.actors.raft.errors import ProposalDropped, StorageCompacted
+from rayconf.actors.raft.errors import ProposalDropped, StorageUnavailable
 from rayconf.actors.raft.log import RaftLog
 from rayconf.actors.raft.progress import (
     Inflights,
@@ -100,7 +100,7 @@ class Raft:
 
     def _load_state(self, hard_state: HardState) -> None:
         if hard_state.commit > self.log.last_index():
-            raise StorageCompacted(
+            raise StorageUnavailable(
                 f"stored commit index {hard_state.commit} is above the last stored index "
                 f"{self.log.last_index()}; the stored log is truncated or corrupt"
             )
@@ -245,7 +245,7 @@ class Raft:
         if not self.config.check_quorum:
             return False
         timeout = self.config.election_timeout_ticks
-        restart_guard = False
+        restart_guard = self.config.read_only_option == LEASE_BASED and self.tick_count < timeout
         return (self.lead != NO_NODE and self.election_elapsed < timeout) or restart_guard
 
     def step(self, message: Message) -> None:
@@ -346,7 +346,7 @@ class Raft:
         """Advance the commit index to what a quorum stores. Returns whether it moved."""
         if not self.log.maybe_commit(self.tracker.committed(), self.term):
             return False
-        replication.release_pending_read_index_messages(self)
+        read_index.release_pending_read_index_messages(self)
         return True
 
     def apply_conf_change(self, change: ConfChange) -> ConfState:

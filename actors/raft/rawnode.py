@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from rayconf.actors.raft import replication
+from rayconf.actors.raft import read_index
 from rayconf.actors.raft.config import Config
 from rayconf.actors.raft.errors import (
     ProposalDropped,
@@ -33,7 +33,6 @@ from rayconf.actors.raft.raft import Raft
 from rayconf.actors.raft.storage import Storage
 from rayconf.actors.raft.types import (
     LOCAL_MESSAGE_TYPES,
-    NO_NODE,
     RESPONSE_MESSAGE_TYPES,
     ConfChange,
     ConfState,
@@ -87,6 +86,14 @@ class RawNode:
     """
 
     def __init__(self, config: Config, storage: Storage) -> None:
+        """Start a node from what `storage` contains.
+
+        A founding member of a new cluster needs the entries and hard state from
+        `storage.bootstrap_entries` first. A member added later starts from empty
+        storage and receives the log from the leader. After a restart, pass the
+        state machine's applied index in `config.applied`. Raises InvalidRequest
+        for invalid settings.
+        """
         self.raft = Raft(config, storage)
         self._previous_soft_state = self.raft.soft_state()
         self._previous_hard_state = self.raft.hard_state()
@@ -113,7 +120,8 @@ class RawNode:
                 f"{message.type.value} from {message.from_!r} is a local message type; "
                 "the network must not deliver it"
             )
-        if message.type in RESPONSE_MESSAGE_TYPES and message.from_ not in self.raft.tracker.progress:
+        known = message.from_ in self.raft.tracker.progress
+        if message.type in RESPONSE_MESSAGE_TYPES and not known:
             raise StepPeerNotFound(
                 f"{message.type.value} from {message.from_!r}, which is not a tracked member"
             )
@@ -138,7 +146,7 @@ class RawNode:
         Call it for each CONF_CHANGE entry when applying it. For a change that
         the current configuration does not allow, it raises ConfChangeRejected and
         changes nothing. Every member raises the same way, so the caller can skip
-        that entry.
+        that entry. A leader that removes or demotes itself steps down here.
         """
         return self.raft.apply_conf_change(change)
 
@@ -200,7 +208,7 @@ class RawNode:
             )
         raft = self.raft
         # Reads that arrived since the previous Ready share one heartbeat round.
-        replication.flush_read_requests(raft)
+        read_index.flush_read_requests(raft)
 
         soft_state = raft.soft_state()
         hard_state = raft.hard_state()

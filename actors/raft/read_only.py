@@ -14,10 +14,17 @@ were waiting when it was sent. A lost round is retried by the next periodic
 heartbeat.
 
 Lease-based reads skip the round. A confirmed round sent at tick T means that a
-quorum of followers reset their election timers at or after T. With CheckQuorum,
+quorum of voters reset their election timers at or after T. With CheckQuorum,
 none of them votes for another leader before T + election timeout. So the leader
 serves reads without a round while its local tick is below that bound minus a
-clock-drift margin.
+clock-drift margin. Two cases would break that bound, so they are excluded: a
+restarted node, which has forgotten the leader, ignores votes for its first
+election timeout; and a leader that has sent MsgTimeoutNow, which voters obey
+despite the lease, stops using its lease for the rest of its term.
+
+NOTE: lease reads assume that over one election timeout the tick counts of two
+members differ by less than `lease_drift_margin_ticks`; a paused or slow ticker
+breaks that and can make a lease read stale.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The leader side of Raft: appends, snapshots, heartbeats, reads, leader transfer.
+"""The leader side of Raft: proposals, appends, snapshots, heartbeats and leader
+transfer. Reads are in `read_index.py`.
 
 These functions take the `Raft` they act on. They are split from `raft.py` by
 concern: everything here runs only while the node is leader.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from rayconf.actors.raft import read_index
 from rayconf.actors.raft.confchange import Changer
 from rayconf.actors.raft.errors import (
     ConfChangeRejected,
@@ -17,8 +19,7 @@ from rayconf.actors.raft.errors import (
     StorageCompacted,
 )
 from rayconf.actors.raft.progress import Progress, ProgressState
-from rayconf.actors.raft.quorum import VoteResult, votes_from_acks
-from rayconf.actors.raft.read_only import LEASE_BASED, decode_round, encode_round
+from rayconf.actors.raft.read_only import decode_round, encode_round
 from rayconf.actors.raft.types import (
     NO_NODE,
     ConfChange,
@@ -27,8 +28,6 @@ from rayconf.actors.raft.types import (
     Message,
     MessageType,
     NodeId,
-    ReadState,
-    StateType,
 )
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ def step_leader(raft: Raft, message: Message) -> None:
     elif kind is MessageType.PROP:
         _propose(raft, message)
     elif kind is MessageType.READ_INDEX:
-        _handle_read_index(raft, message)
+        read_index.handle_read_index(raft, message)
     else:
         progress = raft.tracker.progress.get(message.from_)
         if progress is None:
@@ -102,7 +101,9 @@ def _propose(raft: Raft, message: Message) -> None:
             raise ConfChangeRejected(problem)
         # A forwarded proposal has no caller here to raise to, so keep its slot in
         # the batch as an empty entry, as etcd-io/raft does.
-        logger.warning("%s replaces a forwarded conf change with an empty entry: %s", raft.id, problem)
+        logger.warning(
+            "%s replaces a forwarded conf change with an empty entry: %s", raft.id, problem
+        )
         entries[position] = Entry()
     if not raft.append_entry(entries):
         raise ProposalDropped(
@@ -273,13 +274,7 @@ def broadcast_heartbeat(raft: Raft) -> None:
         # log may still contain entries from an older leader.
         commit = min(progress.match, raft.log.committed)
         raft.send(Message(MessageType.HEARTBEAT, to=node_id, commit=commit, context=context))
-    _maybe_confirm_round(raft, round_number)
-
-
-def flush_read_requests(raft: Raft) -> None:
-    """Start a heartbeat round if read requests wait for one."""
-    if raft.state is StateType.LEADER and raft.read_only.has_unsent_requests():
-        broadcast_heartbeat(raft)
+    read_index.maybe_confirm_round(raft, round_number)
 
 
 def _handle_heartbeat_response(raft: Raft, message: Message, progress: Progress) -> None:
@@ -291,84 +286,7 @@ def _handle_heartbeat_response(raft: Raft, message: Message, progress: Progress)
     if round_number is None:
         return
     if raft.read_only.acknowledge(round_number, message.from_) is not None:
-        _maybe_confirm_round(raft, round_number)
-
-
-def _maybe_confirm_round(raft: Raft, round_number: int) -> None:
-    acks = raft.read_only.acknowledge(round_number, raft.id)
-    if acks is None:
-        return
-    if raft.tracker.config.voters.vote_result(votes_from_acks(acks)) is not VoteResult.WON:
-        return
-    for request in raft.read_only.confirm(round_number):
-        _respond_to_read(raft, request.requester, request.context, request.commit_index)
-
-
-def _committed_entry_in_current_term(raft: Raft) -> bool:
-    return raft.log.term_or_zero(raft.log.committed) == raft.term
-
-
-def _handle_read_index(raft: Raft, message: Message) -> None:
-    local = message.from_ in (NO_NODE, raft.id)
-    if raft.tracker.is_singleton():
-        _respond_to_read(raft, message.from_, message.context, raft.log.committed)
-        return
-    if not _committed_entry_in_current_term(raft):
-        # The commit index of a new leader may lag the real one until it commits
-        # an entry of its own term, so reads wait for that.
-        if len(raft.pending_read_index_messages) >= raft.config.max_pending_read_requests:
-            _drop_read(raft, message, local)
-            return
-        raft.pending_read_index_messages.append(message)
-        return
-    _serve_read_index(raft, message, local)
-
-
-def _serve_read_index(raft: Raft, message: Message, local: bool) -> None:
-    config = raft.config
-    # During a transfer the transferee may win at any moment, so reads wait for a
-    # heartbeat round instead of trusting the lease.
-    if (
-        config.read_only_option == LEASE_BASED
-        and raft.lead_transferee == NO_NODE
-        and raft.read_only.lease_valid(
-            raft.tick_count, config.election_timeout_ticks, config.lease_drift_margin_ticks
-        )
-    ):
-        _respond_to_read(raft, message.from_, message.context, raft.log.committed)
-        return
-    if raft.read_only.is_full():
-        _drop_read(raft, message, local)
-        return
-    raft.read_only.add_request(message.context, message.from_, raft.log.committed)
-
-
-def _drop_read(raft: Raft, message: Message, local: bool) -> None:
-    text = (
-        f"{raft.id} has {raft.config.max_pending_read_requests} read requests waiting, "
-        "at max_pending_read_requests; retry later"
-    )
-    if local:
-        raise ProposalDropped(text)
-    logger.warning("%s drops read request from %s: %s", raft.id, message.from_, text)
-
-
-def release_pending_read_index_messages(raft: Raft) -> None:
-    if not raft.pending_read_index_messages or not _committed_entry_in_current_term(raft):
-        return
-    waiting = raft.pending_read_index_messages
-    raft.pending_read_index_messages = []
-    for message in waiting:
-        # Local requests that overflow are dropped without raising: their caller
-        # returned long ago and waits for a ReadState that will not come.
-        _serve_read_index(raft, message, local=False)
-
-
-def _respond_to_read(raft: Raft, requester: NodeId, context: bytes, index: int) -> None:
-    if requester in (NO_NODE, raft.id):
-        raft.read_states.append(ReadState(index=index, request_context=context))
-    else:
-        raft.send(Message(MessageType.READ_INDEX_RESP, to=requester, index=index, context=context))
+        read_index.maybe_confirm_round(raft, round_number)
 
 
 # --- Leader transfer ---

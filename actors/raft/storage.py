@@ -55,7 +55,8 @@ class Storage(Protocol):
     def initial_state(self) -> tuple[HardState, ConfState]: ...
 
     def entries(self, low: int, high: int, max_size_bytes: int) -> list[Entry]:
-        """Return entries in [low, high), cut at `max_size_bytes` but never empty.
+        """Return entries in [low, high), cut at `max_size_bytes` but keeping at
+        least the first one.
 
         Raises StorageCompacted if `low` is below `first_index()` and
         StorageUnavailable if `high` is above `last_index() + 1`.

@@ -2,11 +2,13 @@
 
 `Network` drives every node the way a replica would. It persists each Ready to a
 `MemoryStorage`, queues the Ready's messages, applies committed entries to a small
-state machine (the list of applied payloads) and calls `advance`. Messages wait in one queue and pass a
-fault filter on delivery: blocked links, crashed nodes, random drops, duplicates,
-delays of several ticks and reordering, all drawn from one seeded `random.Random`,
-so a seed reproduces a run. A crash keeps only what the storage persisted; a restart builds a new
-RawNode from it and replays the committed log after the latest snapshot.
+state machine (the list of applied payloads) and calls `advance`.
+
+Messages wait in one queue and pass a fault filter on delivery: blocked links,
+crashed nodes, random drops, duplicates, delays of several ticks and reordering.
+All random choices come from one seeded `random.Random`, so a seed reproduces a
+run. A crash keeps only what the storage persisted. A restart builds a new RawNode
+from it and replays the committed log after the latest snapshot.
 
 The network also records the checks that Raft's safety properties need: the
 leaders seen per term and the entry each node applied at each index.
@@ -164,7 +166,9 @@ class Network:
                 self.cut(node_id, other)
 
     def partition(self, *groups: Iterable[NodeId]) -> None:
-        """Block every link between nodes of different groups."""
+        """Replace every blocked link with a partition into `groups`: links between
+        nodes of different groups are blocked. Nodes in no group form one more group."""
+        self.blocked_links.clear()
         group_of = {node_id: index for index, group in enumerate(groups) for node_id in group}
         for first in self.nodes:
             for second in self.nodes:
@@ -298,9 +302,13 @@ class Network:
         """Tick every running node `count` times, stabilizing after each tick."""
         for _ in range(count):
             self.tick_count += 1
-            released = [message for tick, message in self.delayed if tick <= self.tick_count]
-            self.delayed = [(tick, message) for tick, message in self.delayed if tick > self.tick_count]
-            self.queue.extend(released)
+            still_delayed: list[tuple[int, Message]] = []
+            for release_tick, message in self.delayed:
+                if release_tick <= self.tick_count:
+                    self.queue.append(message)
+                else:
+                    still_delayed.append((release_tick, message))
+            self.delayed = still_delayed
             for member in self.up_nodes():
                 member.node.tick()
             self.stabilize()
