@@ -11,6 +11,7 @@ bytes keys, which are passed through as they are.
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import logging
 import os
@@ -331,8 +332,12 @@ def connect(spec: ClusterSpec | None = None, **options: Any) -> Client:
     `ray.init(address="auto")`.
     """
     from rayconf.actors.cluster import default_spec
+    options.setdefault("principal", getpass.getuser())
     if not ray.is_initialized():
-        ray.init(address="auto", namespace=(spec or default_spec()).namespace, include_dashboard=False,
-                 log_to_driver=False)
+        try:
+            ray.init(address="auto", namespace=(spec or default_spec()).namespace, log_to_driver=False)
+        except ConnectionError as error:
+            raise Unavailable(f"no running Ray instance found ({error}); start the cluster with "
+                              "`rayconf serve` or `make run`") from error
     return Client(spec or default_spec(), **options)
 
