@@ -37,6 +37,7 @@ from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
 from rayconf.actors.transport import Transport
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.mvcc import ApplyResult
+from rayconf.store.validation import check_command
 from rayconf.store.records import Command, HistoryEntry, RangeRequest, RangeResponse
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ class ReplicaActor:
         when the command was not applied within `timeout_s`. In that case it
         may still apply later, so retry with the same request id.
         """
+        # A bad command is rejected here, before it costs a log entry on every member.
+        check_command(command, self.core.state.limits)
         if not self.core.is_leader():
             raise NotLeader(f"{self.member} is not the leader; the leader is {self.core.leader or 'unknown'}",
                             leader_hint=self.core.leader or None)

@@ -12,8 +12,8 @@ import ray
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
 from rayconf.clients.client import Client
-from rayconf.errors import InvalidKey, TxnFailed, Unavailable
-from rayconf.store.records import KeyValue
+from rayconf.errors import InvalidKey, InvalidRequest, TooManyOperations, TxnFailed, Unavailable, ValueTooLarge
+from rayconf.store.records import KeyValue, Put, Txn
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +95,21 @@ def test_leader_restart_keeps_acknowledged_writes(spec: ClusterSpec, client: Cli
     for key, value in acknowledged.items():
         kv = client.get(key)
         assert kv is not None and kv.value == value
+    new_leader = cluster.status(spec)["leader"]
+    assert new_leader
     deadline = time.monotonic() + 30
-    while cluster.status(spec)["members"][leader].get("health") != "ok":
-        assert time.monotonic() < deadline, "the killed replica did not come back"
+    while True:
+        members = cluster.status(spec)["members"]
+        restarted = members[leader]
+        if restarted.get("health") == "ok" and restarted["applied_index"] >= members[new_leader]["applied_index"]:
+            break
+        assert time.monotonic() < deadline, f"the killed replica did not come back and catch up: {restarted}"
         time.sleep(0.2)
+    assert restarted["uptime_s"] < 30
 
 
 def test_down_and_up_recovers_data(spec: ClusterSpec, client: Client) -> None:
-    client.put("/persist/me", b"yes")
+    written = client.put("/persist/me", b"yes")
     started = time.monotonic()
     cluster.down(spec)
     status = cluster.up(spec)
@@ -111,6 +118,8 @@ def test_down_and_up_recovers_data(spec: ClusterSpec, client: Client) -> None:
         assert info["uptime_s"] <= time.monotonic() - started + 0.5, f"{member} was not restarted by up"
     kv = Client(spec, timeout_s=20.0).get("/persist/me")
     assert kv is not None and kv.value == b"yes"
+    assert kv.mod_revision == written.revision
+    assert all(info["revision"] >= written.revision for info in status["members"].values())
 
 
 def _set_blocked(spec: ClusterSpec, blocked: list[tuple[str, str]]) -> None:
@@ -179,3 +188,39 @@ def test_async_client_coalesces_reads(spec: ClusterSpec) -> None:
     values, calls = asyncio.run(scenario())
     assert values == [b"2"] * 64
     assert calls < 64
+
+
+def test_client_ls_lists_children(client: Client) -> None:
+    client.put("/tree/a/x", b"1")
+    client.put("/tree/a/y/z", b"2")
+    client.put("/tree/b", b"3")
+    assert [entry.name for entry in client.ls("/tree/")] == [b"a/", b"b"]
+    assert [entry.name for entry in client.ls("/tree/a")] == [b"x", b"y/"]
+
+
+BAD_WRITES = [
+    pytest.param(lambda c: c.put("/too/big", b"x" * (10 * 1024 * 1024 + 1)), ValueTooLarge, id="oversized value"),
+    pytest.param(lambda c: c.put("/bad//path", b"x"), InvalidKey, id="invalid path"),
+    pytest.param(lambda c: c.put("/wrong/type", "text"), InvalidRequest, id="str value"),
+    pytest.param(lambda c: c.txn(Txn(success=tuple(Put(f"/many/{n}".encode(), b"") for n in range(129)))),
+                 TooManyOperations, id="too many txn operations"),
+    pytest.param(lambda c: c.put(b"", b"x"), InvalidKey, id="empty raw key"),
+]
+
+
+@pytest.mark.parametrize(("call", "error"), BAD_WRITES)
+def test_bad_write_changes_nothing(spec: ClusterSpec, client: Client, call, error) -> None:  # type: ignore[no-untyped-def]
+    written = client.put("/guard/key", b"kept")
+    deadline = time.monotonic() + 20
+    while True:
+        before = {member: info["revision"] for member, info in cluster.status(spec)["members"].items()}
+        if all(revision >= written.revision for revision in before.values()):
+            break
+        assert time.monotonic() < deadline, f"members did not apply revision {written.revision}: {before}"
+        time.sleep(0.05)
+    with pytest.raises(error):
+        call(client)
+    after = {member: info["revision"] for member, info in cluster.status(spec)["members"].items()}
+    assert after == before
+    kv = client.get("/guard/key")
+    assert kv is not None and kv.value == b"kept"
