@@ -1,8 +1,8 @@
 """The cluster commands of the `rayconf` command line.
 
 `serve` starts a local Ray instance and the cluster in the foreground. `up`
-starts them in the background: it starts a Ray head with `ray start` when none
-is running. Every other command connects to the running Ray instance
+creates the cluster on the running Ray instance, or runs `serve` in the
+background when none is running. Every other command connects to the running Ray instance
 (`--address`, default "auto"), finds the replicas by name in `--namespace`,
 and prints its result. With `-o json` the output is one JSON object per line.
 """
@@ -15,7 +15,6 @@ import getpass
 import json
 import logging
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -52,10 +51,10 @@ def add_cluster_parsers(subparsers: Any) -> None:
     serve = add("serve", "start a local Ray instance and the cluster in the foreground until Ctrl-C")
     serve.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
     serve.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray instance offers (default: 2)")
-    up = add("up", "start the cluster in the background, and a Ray head if none is running")
+    up = add("up", "start the cluster on the running Ray instance, or `rayconf serve` in the background")
     up.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
-    up.add_argument("--num-cpus", type=int, default=2, help="CPUs a new Ray head offers (default: 2)")
-    add("down", "stop the replica actors; their data stays in the data directory")
+    up.add_argument("--num-cpus", type=int, default=2, help="CPUs a new local Ray instance offers (default: 2)")
+    add("down", "stop the replica and store actors, and a background server that up started; the data stays")
     add("status", "print the leader, term and per-member state of the cluster")
 
     put = add("put", "write a value")
@@ -151,10 +150,3 @@ def wait_for_interrupt() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.wait(0.5):
         pass
-
-
-def start_ray_head(num_cpus: int, resources: dict[str, float]) -> None:
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--num-cpus={num_cpus}",
-               "--include-dashboard=false", f"--resources={json.dumps(resources)}",
-               "--node-ip-address=127.0.0.1"]
-    subprocess.run(command, check=True, capture_output=True)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -14,12 +18,15 @@ import ray
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
 from rayconf.clients import transfer
-from rayconf.clients.cli import encode_value, print_record, start_ray_head, wait_for_interrupt
+from rayconf.clients.cli import encode_value, print_record, wait_for_interrupt
 from rayconf.clients.client import Client
 from rayconf.clients.txn_document import parse_txn_document
 from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.store.keys import validate_directory
 from rayconf.store.records import DeleteRangeResponse, KeyValue, PutResponse, RangeResponse
+
+
+SERVE_PID_FILE = "serve.pid"
 
 
 def spec_of(arguments: argparse.Namespace) -> ClusterSpec:
@@ -90,18 +97,68 @@ def command_up(arguments: argparse.Namespace) -> int:
     try:
         join_ray(arguments.address, spec.namespace)
     except ConnectionError:
-        start_ray_head(arguments.num_cpus, cluster.resources_for(spec))
-        join_ray("auto", spec.namespace)
+        return start_background_server(arguments, spec)
     state = cluster.up(spec, wait_for_leader_s=arguments.timeout * 3)
     print(f"rayconf is up: leader {state['leader']}, term {state['term']}, data in {spec.data_directory}")
     return 0
 
 
+def start_background_server(arguments: argparse.Namespace, spec: ClusterSpec) -> int:
+    """Run `rayconf serve` as a background process and wait until it serves.
+
+    Its process id goes to `<data dir>/serve.pid` and its output to
+    `<data dir>/serve.log`, so `down` can stop exactly that process.
+    """
+    data = Path(spec.data_directory)
+    data.mkdir(parents=True, exist_ok=True)
+    log_path = data / "serve.log"
+    command = [sys.executable, "-m", "rayconf", "serve", "--data-dir", str(data), "--namespace",
+               spec.namespace, "--tick-ms", str(arguments.tick_ms), "--num-cpus", str(arguments.num_cpus),
+               "--timeout", str(arguments.timeout)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    (data / SERVE_PID_FILE).write_text(str(process.pid))
+    deadline = time.monotonic() + arguments.timeout * 6
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Unavailable(f"the background server exited with code {process.returncode}; see {log_path}")
+        if b"Press Ctrl-C" in log_path.read_bytes():
+            print(f"rayconf is up in the background (process {process.pid}); data in {data}, log in {log_path}. "
+                  "Stop it with `rayconf down`.")
+            return 0
+        time.sleep(0.2)
+    raise Unavailable(f"the background server did not start within {arguments.timeout * 6:.0f} s; see {log_path}")
+
+
 def command_down(arguments: argparse.Namespace) -> int:
+    spec = spec_of(arguments)
+    pid_path = Path(spec.data_directory) / SERVE_PID_FILE
     connect(arguments)
-    stopped = cluster.down(spec_of(arguments))
+    stopped = cluster.down(spec)
     print(f"stopped {len(stopped)} replicas: {', '.join(stopped) or 'none were running'}; the data stays")
+    if pid_path.exists():
+        stop_background_server(pid_path)
     return 0
+
+
+def stop_background_server(pid_path: Path) -> None:
+    """Stop the `rayconf serve` process that `up` started, by its recorded id."""
+    try:
+        pid = int(pid_path.read_text())
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        pid_path.unlink(missing_ok=True)
+        return
+    if b"rayconf" not in command_line or b"serve" not in command_line:
+        pid_path.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pid_path.unlink(missing_ok=True)
+    print(f"stopped the background server (process {pid})")
 
 
 def command_status(arguments: argparse.Namespace) -> int:
