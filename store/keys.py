@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from sortedcontainers import SortedList
 
-from rayconf.errors import InvalidKey
+from rayconf.errors import InvalidKey, InvalidRequest
 
 # The largest key the engine accepts. etcd sets no such limit; a bound keeps the
 # sorted index and every log entry small. Settable per cluster through Limits.
@@ -31,8 +32,11 @@ def prefix_end(prefix: bytes) -> bytes:
 
     Trailing 0xFF bytes cannot be incremented, so they are dropped and the byte
     before them is incremented. A prefix made only of 0xFF bytes, or an empty
-    prefix, has no such key and returns `RANGE_END_OPEN`.
+    prefix, has no such key and returns `RANGE_END_OPEN`. Raises `InvalidKey`
+    when `prefix` is not bytes.
     """
+    if not isinstance(prefix, bytes):
+        _reject_prefix_type(prefix)
     end = bytearray(prefix)
     while end and end[-1] == 0xFF:
         end.pop()
@@ -53,10 +57,14 @@ def validate_path(path: str | bytes, *, max_key_bytes: int = MAX_KEY_BYTES_DEFAU
     Rules: absolute (starts with `/`), `/`-separated, no empty segment (so no
     `//` and no trailing `/`), no `.` or `..` segment, valid UTF-8, no control
     characters, at most `max_key_bytes` bytes. Raises `InvalidKey` naming the
-    rule that the path breaks.
+    rule that the path breaks, and `InvalidRequest` when `max_key_bytes` is not
+    a positive int.
     """
+    _check_max_key_bytes(max_key_bytes)
     raw = _encode_path(path)
     text = raw.decode("utf-8")
+    if text == "":
+        _reject(path, "absolute", "is empty. Give an absolute path such as '/app/x'")
     if len(raw) > max_key_bytes:
         _reject(path, "length", f"is {len(raw)} bytes, above max_key_bytes ({max_key_bytes}); shorten the path")
     if not text.startswith("/"):
@@ -71,15 +79,36 @@ def validate_directory(path: str | bytes, *, max_key_bytes: int = MAX_KEY_BYTES_
     """Check a directory path for listings and return it with a trailing `/`.
 
     `/` is the root directory; `/app` and `/app/` both mean the directory `/app/`.
-    The other rules are those of `validate_path`.
+    The returned path, trailing `/` included, is at most `max_key_bytes` bytes.
+    The other rules are those of `validate_path`, and errors show `path` as given.
     """
+    _check_max_key_bytes(max_key_bytes)
     raw = _encode_path(path)
     text = raw.decode("utf-8")
     if text == "/":
         return raw
-    if text.endswith("/"):
-        text = text[:-1]
-    return validate_path(text, max_key_bytes=max_key_bytes - 1) + b"/"
+    if text == "":
+        _reject(path, "absolute", "is empty. Give an absolute directory path such as '/' or '/app'")
+    directory = raw if raw.endswith(b"/") else raw + b"/"
+    if len(directory) > max_key_bytes:
+        _reject(
+            path,
+            "length",
+            f"is {len(directory)} bytes as a directory with its trailing '/', above max_key_bytes "
+            f"({max_key_bytes}). Shorten the path",
+        )
+    if not text.startswith("/"):
+        _reject(path, "absolute", f"must start with '/'; write it as {'/' + text!r}")
+    _check_segments(path, directory.decode("utf-8")[1:-1].split("/"))
+    return directory
+
+
+def _check_max_key_bytes(max_key_bytes: object) -> None:
+    if type(max_key_bytes) is not int or max_key_bytes < 1:
+        raise InvalidRequest(
+            f"max_key_bytes is {max_key_bytes!r} ({type(max_key_bytes).__name__}), expected a positive "
+            f"int such as the default {MAX_KEY_BYTES_DEFAULT}"
+        )
 
 
 def _encode_path(path: str | bytes) -> bytes:
@@ -112,7 +141,19 @@ def _check_segments(path: str | bytes, segments: list[str]) -> None:
                 _reject(path, "control-character", f"has control character {char!r} in segment {position}; remove it")
 
 
-def _reject(path: str | bytes, rule: str, detail: str) -> None:
+def _reject_prefix_type(prefix: object) -> NoReturn:
+    shown = repr(prefix)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    fix = "Encode text with .encode() first" if isinstance(prefix, str) else "Pass a prefix such as b'/app/'"
+    raise InvalidKey(
+        f"key prefix {shown} is {type(prefix).__name__}, expected bytes. {fix}",
+        key=b"",
+        rule="type",
+    )
+
+
+def _reject(path: str | bytes, rule: str, detail: str) -> NoReturn:
     shown = path if isinstance(path, str) else path.decode("utf-8", errors="backslashreplace")
     if len(shown) > 80:
         shown = shown[:77] + "..."

@@ -48,6 +48,7 @@ from rayconf.store.wal_files import (
     DurableIO,
     Segment,
     lock_directory,
+    open_segment_file,
     recover_directory,
     write_all,
 )
@@ -107,8 +108,7 @@ class WAL:
         self._durable_io = durable_io
         self._segment_bytes_max = segment_bytes_max
         self._payload_bytes_max = payload_bytes_max
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-        self._file_fd: int | None = os.open(segments[-1].path, flags)
+        self._file_fd: int | None = open_segment_file(segments[-1].path, os.O_WRONLY | os.O_APPEND)
         self._unsynced_bytes = 0
         self._records_appended = 0
         self._bytes_appended = 0
@@ -131,16 +131,17 @@ class WAL:
         the first file when the directory contains no segment files yet.
 
         Raises:
-            WALCorruption: a file header or record before the tail is damaged, or a
-                file is missing. The message names the file, the offset and what to do.
+            WALCorruption: a file header or record before the tail is damaged, a
+                file is missing, or an entry with a segment file name is not a
+                regular file. The message names the file, the offset and what to do.
             StorageError: the directory is already open or cannot be read or written.
-            InvalidRequest: a setting is out of range.
+            InvalidRequest: `directory` is not a str or path, or a setting is out of range.
         """
+        path = _log_directory(directory)
         _validate_int("segment_bytes_max", segment_bytes_max, 1, 2**63)
         _validate_int("payload_bytes_max", payload_bytes_max, 1, wal_format.PAYLOAD_BYTES_LIMIT)
         _validate_int("initial_tag", initial_tag, 0, wal_format.TAG_MAX)
 
-        path = Path(directory)
         durable_io = DurableIO()
         try:
             durable_io.create_directory(path)
@@ -194,8 +195,9 @@ class WAL:
 
         Raises:
             ValueTooLarge: a payload is above `payload_bytes_max`.
-            InvalidRequest: a record type is outside 0..255, a payload is not bytes
-                or `rollover_tag` is out of range.
+            InvalidRequest: `records` is not iterable, an item is not a
+                `(record_type, payload)` pair, a record type is outside 0..255, a
+                payload is not bytes or `rollover_tag` is out of range.
             StorageError: the log is closed, or the write failed.
         """
         self._check_open()
@@ -253,15 +255,17 @@ class WAL:
         leaves a contiguous run of files. The current file is never deleted.
 
         Raises:
-            InvalidRequest: `keep_from_seq` is above the seq of the current file.
+            InvalidRequest: `keep_from_seq` is not an int or is above the seq of the
+                current file.
             StorageError: the log is closed or a file cannot be deleted.
         """
         self._check_open()
         current_seq = self._segments[-1].seq
-        if not 0 <= keep_from_seq <= current_seq:
+        is_int = isinstance(keep_from_seq, int) and not isinstance(keep_from_seq, bool)
+        if not (is_int and 0 <= keep_from_seq <= current_seq):
             raise InvalidRequest(
-                f"keep_from_seq is {keep_from_seq}, expected 0..{current_seq}. The current "
-                f"write-ahead log file has seq {current_seq} and cannot be purged until "
+                f"keep_from_seq is {keep_from_seq!r}, expected an int in 0..{current_seq}. The "
+                f"current write-ahead log file has seq {current_seq} and cannot be purged until "
                 "cut() starts a newer file."
             )
 
@@ -339,16 +343,37 @@ class WAL:
             raise StorageError(self._failure_message())
 
     def _encode_batch(self, records: Iterable[tuple[int, bytes]]) -> tuple[bytes, int]:
+        try:
+            items = iter(records)
+        except TypeError:
+            raise InvalidRequest(
+                f"records is {_show(records)} ({type(records).__name__}), expected an iterable of "
+                "(record_type, payload) tuples such as [(1, b'payload')]"
+            ) from None
+
         chunks: list[bytes] = []
-        for record_type, payload in records:
+        for index, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise InvalidRequest(
+                    f"record {index} of the batch is {_show(item)}, expected a "
+                    "(record_type, payload) tuple such as (1, b'payload')"
+                )
+            record_type, payload = item
             if isinstance(record_type, bool) or not isinstance(record_type, int):
-                raise InvalidRequest(f"record type {record_type!r} is not an int")
+                raise InvalidRequest(
+                    f"record {index} has record type {record_type!r}, expected an int in "
+                    f"0..{wal_format.RECORD_TYPE_MAX}"
+                )
             if not 0 <= record_type <= wal_format.RECORD_TYPE_MAX:
                 raise InvalidRequest(
-                    f"record type {record_type} is outside 0..{wal_format.RECORD_TYPE_MAX}"
+                    f"record {index} has record type {record_type}, which is outside "
+                    f"0..{wal_format.RECORD_TYPE_MAX}"
                 )
             if not isinstance(payload, bytes):
-                raise InvalidRequest(f"record payload is {type(payload).__name__}, expected bytes")
+                raise InvalidRequest(
+                    f"record {index} has a payload of type {type(payload).__name__}, expected "
+                    "bytes. Encode the payload to bytes first"
+                )
             if len(payload) > self._payload_bytes_max:
                 raise ValueTooLarge(
                     f"write-ahead log record of {_format_bytes(len(payload))} is above "
@@ -406,6 +431,37 @@ class WAL:
             f"write-ahead log {self._directory} stopped accepting writes after an I/O error: "
             f"{self._failure}. Restart the process so that it rereads the log from disk."
         )
+
+
+def _log_directory(directory: object) -> Path:
+    """Return `directory` as a Path, or raise InvalidRequest naming what is wrong with it."""
+    try:
+        text = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
+    except TypeError:
+        text = None
+    if not isinstance(text, str):
+        raise InvalidRequest(
+            f"write-ahead log directory is {_show(directory)} ({type(directory).__name__}), "
+            "expected a str or pathlib.Path such as 'data/wal'"
+        )
+    if text == "":
+        raise InvalidRequest(
+            "write-ahead log directory is '' (empty). Give a path such as 'data/wal', or '.' for "
+            "the current directory"
+        )
+    if "\x00" in text:
+        raise InvalidRequest(
+            f"write-ahead log directory {text!r} contains a NUL character, which no path can "
+            "contain. Remove it"
+        )
+    return Path(text)
+
+
+def _show(value: object) -> str:
+    shown = repr(value)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    return shown
 
 
 def _validate_int(name: str, value: int, minimum: int, maximum: int) -> None:

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,12 @@ _RECOVERY_ADVICE = (
     "automatically. Restore this member's data directory from a snapshot, or remove the "
     "member from the cluster and add it back with an empty data directory."
 )
+
+# Flags added to every open of a segment file. O_NOFOLLOW makes the open fail on a
+# symbolic link, so recovery never reads or rewrites a file outside the directory.
+# O_NONBLOCK stops an open of a FIFO from waiting for a writer, and is cleared again
+# once the file is known to be regular.
+_SEGMENT_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +97,7 @@ class DurableIO:
 
         Returns a file descriptor opened for appending.
         """
-        fd = os.open(
-            segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644
-        )
+        fd = open_segment_file(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         try:
             write_all(fd, wal_format.encode_file_header(segment.seq, segment.tag))
             self.sync_file(fd)
@@ -102,22 +107,53 @@ class DurableIO:
             raise
         return fd
 
-    def rewrite_file_header(self, segment: Segment) -> None:
-        """Replace a torn file header, and anything after it, with a fresh header."""
-        fd = os.open(segment.path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-        try:
-            write_all(fd, wal_format.encode_file_header(segment.seq, segment.tag))
-            self.sync_file(fd)
-        finally:
-            os.close(fd)
+    def rewrite_file_header(self, fd: int, segment: Segment) -> None:
+        """Replace a torn file header, and anything after it, with a fresh header.
 
-    def truncate(self, path: Path, size_bytes: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        `fd` is the segment file, opened for writing without O_APPEND.
+        """
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        write_all(fd, wal_format.encode_file_header(segment.seq, segment.tag))
+        self.sync_file(fd)
+
+    def truncate(self, fd: int, size_bytes: int) -> None:
+        os.ftruncate(fd, size_bytes)
+        self.sync_file(fd)
+
+
+def open_segment_file(path: Path, flags: int) -> int:
+    """Open a segment file with `flags` plus O_NOFOLLOW and return its fd.
+
+    New files get mode 0o644 when `flags` contains O_CREAT.
+
+    Raises:
+        WALCorruption: `path` is a symbolic link, a directory, a FIFO or anything
+            else that is not a regular file.
+        OSError: the open failed for another reason.
+    """
+    try:
+        fd = os.open(path, flags | _SEGMENT_OPEN_FLAGS, 0o644)
+    except OSError as error:
+        # The open fails with ELOOP on a symbolic link, EISDIR on a directory opened
+        # for writing and ENXIO on a FIFO without a reader. lstat tells these apart.
         try:
-            os.ftruncate(fd, size_bytes)
-            self.sync_file(fd)
-        finally:
-            os.close(fd)
+            mode = os.lstat(path).st_mode
+        except OSError:
+            raise error from None
+        if stat.S_ISREG(mode):
+            raise
+        raise _not_regular_file(path, mode) from error
+
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular_file(path, mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def lock_directory(directory: Path) -> int:
@@ -126,7 +162,16 @@ def lock_directory(directory: Path) -> int:
     flock locks belong to an open file description, so a second `WAL` in the same
     process is stopped as well as another process.
     """
-    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock_path = directory / "LOCK"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise StorageError(
+            f"write-ahead log lock file {lock_path} is a symbolic link. Delete it, because "
+            "WAL.open creates the lock file itself and does not follow links."
+        ) from error
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -158,48 +203,65 @@ def recover_directory(directory: Path, initial_tag: int, durable_io: DurableIO) 
     last_segment_bytes = 0
     for index, segment in enumerate(segments):
         is_last = index == len(segments) - 1
-        data = segment.path.read_bytes()
-
-        header_damage = wal_format.check_file_header(data, segment.seq, segment.tag)
-        if header_damage is not None:
-            if not (header_damage.torn and is_last):
-                raise _corruption(segment.path, header_damage, is_last)
-            # A crash came between creating the file and syncing its header, so the
-            # file never held a synced record.
-            logger.warning(
-                "write-ahead log file %s has a torn header (%s); rewriting the header",
-                segment.path,
-                header_damage.reason,
-            )
-            durable_io.rewrite_file_header(segment)
-            last_segment_bytes = wal_format.FILE_HEADER_BYTES
-            continue
-
-        scan = wal_format.scan_records(data)
-        records.extend(scan.records)
-        last_segment_bytes = scan.valid_end_bytes
-        if scan.damage is None:
-            continue
-        if not (scan.damage.torn and is_last):
-            raise _corruption(segment.path, scan.damage, is_last)
-        logger.warning(
-            "write-ahead log file %s has a torn tail at byte offset %d (%s); "
-            "truncating %d bytes after the last valid record",
-            segment.path,
-            scan.damage.offset_bytes,
-            scan.damage.reason,
-            len(data) - scan.valid_end_bytes,
-        )
-        durable_io.truncate(segment.path, scan.valid_end_bytes)
+        # Only the last file may need a repair, so only it is opened for writing.
+        # The repair writes through the fd that was read, never through a new open.
+        fd = open_segment_file(segment.path, os.O_RDWR if is_last else os.O_RDONLY)
+        try:
+            segment_records, last_segment_bytes = _recover_segment(fd, segment, is_last, durable_io)
+        finally:
+            os.close(fd)
+        records.extend(segment_records)
 
     return Recovery(segments, records, last_segment_bytes)
+
+
+def _recover_segment(
+    fd: int, segment: Segment, is_last: bool, durable_io: DurableIO
+) -> tuple[list[Record], int]:
+    """Read one segment file and repair a torn tail if it is the last one.
+
+    Returns the records of the file and its size after any repair.
+    """
+    with open(fd, "rb", closefd=False) as file:
+        data = file.read()
+
+    header_damage = wal_format.check_file_header(data, segment.seq, segment.tag)
+    if header_damage is not None:
+        if not (header_damage.torn and is_last):
+            raise _corruption(segment.path, header_damage, is_last)
+        # A crash came between creating the file and syncing its header, so the
+        # file never held a synced record.
+        logger.warning(
+            "write-ahead log file %s has a torn header (%s); rewriting the header",
+            segment.path,
+            header_damage.reason,
+        )
+        durable_io.rewrite_file_header(fd, segment)
+        return [], wal_format.FILE_HEADER_BYTES
+
+    scan = wal_format.scan_records(data)
+    if scan.damage is None:
+        return scan.records, scan.valid_end_bytes
+    if not (scan.damage.torn and is_last):
+        raise _corruption(segment.path, scan.damage, is_last)
+    logger.warning(
+        "write-ahead log file %s has a torn tail at byte offset %d (%s); "
+        "truncating %d bytes after the last valid record",
+        segment.path,
+        scan.damage.offset_bytes,
+        scan.damage.reason,
+        len(data) - scan.valid_end_bytes,
+    )
+    durable_io.truncate(fd, scan.valid_end_bytes)
+    return scan.records, scan.valid_end_bytes
 
 
 def list_segments(directory: Path) -> list[Segment]:
     """Return the segment files in `directory`, oldest first.
 
     Raises:
-        WALCorruption: the seqs have a gap, so a file in the middle is missing.
+        WALCorruption: the seqs have a gap, so a file in the middle is missing, or
+            an entry with a segment file name is not a regular file.
     """
     segments: list[Segment] = []
     for entry in os.scandir(directory):
@@ -208,6 +270,9 @@ def list_segments(directory: Path) -> list[Segment]:
             if entry.name.endswith(wal_format.SEGMENT_SUFFIX):
                 logger.warning("ignoring %s: not a write-ahead log file name", entry.path)
             continue
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular_file(Path(entry.path), mode)
         seq, tag = parsed
         segments.append(Segment(seq, tag, Path(entry.path)))
     segments.sort(key=lambda segment: segment.seq)
@@ -238,6 +303,24 @@ def _corruption(path: Path, damage: Damage, is_last: bool) -> WALCorruption:
         f"{damage.reason}{where}. {_RECOVERY_ADVICE}",
         path=str(path),
         offset_bytes=damage.offset_bytes,
+    )
+
+
+def _not_regular_file(path: Path, mode: int) -> WALCorruption:
+    if stat.S_ISLNK(mode):
+        kind = "a symbolic link"
+    elif stat.S_ISDIR(mode):
+        kind = "a directory"
+    elif stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    else:
+        kind = f"a file of type {stat.filemode(mode)[0]!r} in ls -l notation"
+    return WALCorruption(
+        f"write-ahead log file {path} is {kind}, not a regular file. The log reads, truncates "
+        "and rewrites only regular files in its own directory. Move the entry out of "
+        f"{path.parent}, or replace it with the segment file itself if it points to one.",
+        path=str(path),
+        offset_bytes=0,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sortedcontainers import SortedList
 
-from rayconf.errors import InvalidKey
+from rayconf.errors import InvalidKey, InvalidRequest
 from rayconf.store.keys import (
     RANGE_END_OPEN,
     DirectoryEntry,
@@ -129,3 +129,87 @@ def test_children_of_directory_under_0xff() -> None:
         DirectoryEntry(b"a", b"\xff/a", False),
         DirectoryEntry(b"b/", b"\xff/b/", True),
     ]
+
+
+# --- Bad arguments. ---
+
+
+@pytest.mark.parametrize("prefix", [5, [1, 2], "ab", None, bytearray(b"ab"), memoryview(b"ab")])
+def test_prefix_end_rejects_non_bytes(prefix: object) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        prefix_end(prefix)  # type: ignore[arg-type]
+
+    message = str(raised.value)
+    assert type(prefix).__name__ in message
+    assert "bytes" in message
+
+
+def test_prefix_end_str_suggests_encode() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        prefix_end("ab")  # type: ignore[arg-type]
+
+    assert "'ab'" in str(raised.value)
+    assert ".encode()" in str(raised.value)
+
+
+@pytest.mark.parametrize("max_key_bytes", ["x", -1, 0, True, 1.5, None])
+def test_invalid_max_key_bytes_rejected(max_key_bytes: object) -> None:
+    for validate in (validate_path, validate_directory):
+        with pytest.raises(InvalidRequest) as raised:
+            validate("/a", max_key_bytes=max_key_bytes)  # type: ignore[arg-type]
+        assert not isinstance(raised.value, InvalidKey)
+        assert "max_key_bytes" in str(raised.value)
+        assert repr(max_key_bytes) in str(raised.value)
+
+
+def test_empty_path_message_gives_valid_example() -> None:
+    with pytest.raises(InvalidKey) as raised:
+        validate_path("")
+
+    message = str(raised.value)
+    assert raised.value.rule == "absolute"
+    assert "empty" in message
+    assert "'/app/x'" in message
+    assert "write it as '/'" not in message
+
+
+def test_empty_directory_rejected() -> None:
+    with pytest.raises(InvalidKey) as raised:
+        validate_directory("")
+
+    assert raised.value.rule == "absolute"
+    assert "empty" in str(raised.value)
+
+
+@pytest.mark.parametrize(("directory", "position"), [("//", 1), ("/app//", 2), ("//app", 1), ("/a//b/", 2)])
+def test_directory_empty_segment_shows_input(directory: str, position: int) -> None:
+    with pytest.raises(InvalidKey) as raised:
+        validate_directory(directory)
+
+    message = str(raised.value)
+    assert raised.value.rule == "empty-segment"
+    assert f"invalid key path {directory!r}" in message
+    assert f"empty segment at position {position}" in message
+    assert "root" not in message
+
+
+def test_directory_length_cites_real_limit() -> None:
+    with pytest.raises(InvalidKey) as raised:
+        validate_directory("/" + "a" * 1023)
+
+    message = str(raised.value)
+    assert raised.value.rule == "length"
+    assert "max_key_bytes (1024)" in message
+    assert "1025 bytes" in message
+
+
+@pytest.mark.parametrize(("directory", "expected"), [("/" + "a" * 1022, b"/" + b"a" * 1022 + b"/"), ("/" + "a" * 1022 + "/", b"/" + b"a" * 1022 + b"/")])
+def test_directory_at_length_limit_accepted(directory: str, expected: bytes) -> None:
+    assert validate_directory(directory) == expected
+
+
+@pytest.mark.parametrize(("directory", "rule"), [("app", "absolute"), ("/app/../x", "dot-segment"), ("/a\x00/", "control-character"), (b"/\xff/", "utf-8")])
+def test_invalid_directory_names_rule(directory: str | bytes, rule: str) -> None:
+    with pytest.raises(InvalidKey) as raised:
+        validate_directory(directory)
+    assert raised.value.rule == rule

@@ -11,12 +11,15 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rayconf.errors import InvalidRequest, StorageError, ValueTooLarge, WALCorruption
 from rayconf.store import wal as wal_module
-from rayconf.store.wal import WAL, Record
+from rayconf.store import wal_files
+from rayconf.store.wal import WAL, Record, Segment
+from rayconf.store.wal_files import Recovery
 from rayconf.store.wal_format import FILE_HEADER_BYTES, RECORD_HEADER_BYTES, encode_record
 
 
@@ -401,6 +404,158 @@ def test_missing_middle_file_raises(tmp_path: Path) -> None:
     assert "missing" in str(raised.value)
 
 
+# --- Segment entries that are not regular files. ---
+
+SECOND_SEGMENT_NAME = "0000000000000001-0000000000000000.wal"
+
+
+def test_symlinked_segment_target_untouched(tmp_path: Path) -> None:
+    """A short target would look like a torn header, which recovery rewrites."""
+    directory = tmp_path / "wal"
+    write_log(directory, [make_records(0, 3)])
+    target = tmp_path / "outside.txt"
+    target.write_bytes(b"precious")
+    link = directory / SECOND_SEGMENT_NAME
+    link.symlink_to(target)
+
+    with pytest.raises(WALCorruption) as raised:
+        WAL.open(directory)
+
+    assert raised.value.path == str(link)
+    assert str(link) in str(raised.value)
+    assert "symbolic link" in str(raised.value)
+    assert target.read_bytes() == b"precious"
+    assert link.is_symlink()
+
+
+def test_symlink_to_valid_segment_rejected(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    write_log(real, [make_records(0, 3)])
+    segment = segment_paths(real)[0]
+    directory = tmp_path / "wal"
+    directory.mkdir()
+    (directory / segment.name).symlink_to(segment)
+    data_before = segment.read_bytes()
+
+    with pytest.raises(WALCorruption) as raised:
+        WAL.open(directory)
+
+    assert raised.value.path == str(directory / segment.name)
+    assert segment.read_bytes() == data_before
+
+
+def test_directory_named_as_segment_rejected(tmp_path: Path) -> None:
+    write_log(tmp_path, [make_records(0, 3)])
+    (tmp_path / SECOND_SEGMENT_NAME).mkdir()
+
+    with pytest.raises(WALCorruption) as raised:
+        WAL.open(tmp_path)
+
+    assert raised.value.path == str(tmp_path / SECOND_SEGMENT_NAME)
+    assert "not a regular file" in str(raised.value)
+
+
+@pytest.mark.timeout(20)
+def test_fifo_named_as_segment_rejected(tmp_path: Path) -> None:
+    write_log(tmp_path, [make_records(0, 3)])
+    os.mkfifo(tmp_path / SECOND_SEGMENT_NAME)
+
+    with pytest.raises(WALCorruption) as raised:
+        WAL.open(tmp_path)
+
+    assert raised.value.path == str(tmp_path / SECOND_SEGMENT_NAME)
+
+
+def test_segment_swapped_for_symlink_after_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery opens each file without following links, so a swap after the listing fails too."""
+    directory = tmp_path / "wal"
+    wal, _ = WAL.open(directory)
+    with wal:
+        wal.append_and_sync(make_records(0, 3))
+        wal.cut(3)
+    target = tmp_path / "outside.txt"
+    target.write_bytes(b"precious")
+    list_segments = wal_files.list_segments
+
+    def list_then_swap(listed_directory: Path) -> list[Segment]:
+        segments = list_segments(listed_directory)
+        segments[-1].path.unlink()
+        segments[-1].path.symlink_to(target)
+        return segments
+
+    monkeypatch.setattr(wal_files, "list_segments", list_then_swap)
+    with pytest.raises(WALCorruption) as raised:
+        WAL.open(directory)
+
+    assert raised.value.path == str(segment_paths(directory)[-1])
+    assert target.read_bytes() == b"precious"
+
+
+def test_segment_swapped_for_symlink_after_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "wal"
+    write_log(directory, [make_records(0, 3)])
+    target = tmp_path / "outside.txt"
+    target.write_bytes(b"precious")
+    recover_directory = wal_files.recover_directory
+
+    def recover_then_swap(*arguments: Any) -> Recovery:
+        recovery = recover_directory(*arguments)
+        recovery.segments[-1].path.unlink()
+        recovery.segments[-1].path.symlink_to(target)
+        return recovery
+
+    monkeypatch.setattr(wal_module, "recover_directory", recover_then_swap)
+    with pytest.raises(WALCorruption):
+        WAL.open(directory)
+
+    assert target.read_bytes() == b"precious"
+    # The failed open released the directory lock.
+    monkeypatch.undo()
+    (directory / segment_paths(directory)[-1].name).unlink()
+    second, records = WAL.open(directory)
+    second.close()
+    assert records == []
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_open_segment_file_rejects_non_regular(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / SECOND_SEGMENT_NAME
+    target = tmp_path / "target"
+    target.write_bytes(b"precious")
+    if kind == "symlink":
+        path.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+    for flags in (os.O_RDONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND):
+        with pytest.raises(WALCorruption) as raised:
+            wal_files.open_segment_file(path, flags)
+        assert raised.value.path == str(path), kind
+    assert target.read_bytes() == b"precious"
+
+
+def test_symlinked_lock_file_rejected(tmp_path: Path) -> None:
+    directory = tmp_path / "wal"
+    directory.mkdir()
+    target = tmp_path / "elsewhere" / "created-by-lock"
+    target.parent.mkdir()
+    (directory / "LOCK").symlink_to(target)
+
+    with pytest.raises(StorageError) as raised:
+        WAL.open(directory)
+
+    assert str(directory / "LOCK") in str(raised.value)
+    assert "symbolic link" in str(raised.value)
+    assert not target.exists()
+
+
 # --- Group commit and statistics. ---
 
 
@@ -502,15 +657,76 @@ def test_oversized_record_leaves_log_unchanged(tmp_path: Path) -> None:
     assert reopen_records(tmp_path) == make_records(0, 3) + [Record(2, bytes(1024))]
 
 
-@pytest.mark.parametrize("record", [(256, b"x"), (-1, b"x"), (True, b"x"), (1, "text")])
-def test_invalid_record_rejected(tmp_path: Path, record: tuple[object, object]) -> None:
+@pytest.mark.parametrize(
+    "record",
+    [(256, b"x"), (-1, b"x"), (True, b"x"), (1, "text"), (1, b"x", 2), (1,), None, b"ab", 5],
+)
+def test_invalid_record_rejected(tmp_path: Path, record: object) -> None:
     wal, _ = WAL.open(tmp_path)
     with wal:
-        with pytest.raises(InvalidRequest):
+        wal.append_and_sync([Record(1, b"stored")])
+        size_before = wal.segments()[-1].path.stat().st_size
+
+        with pytest.raises(InvalidRequest) as raised:
             wal.append([(1, b"fine"), record])  # type: ignore[list-item]
+
+        assert "record 1" in str(raised.value)
+        assert wal.statistics().records_appended == 1
+        assert wal.segments()[-1].path.stat().st_size == size_before
+
+    assert reopen_records(tmp_path) == [Record(1, b"stored")]
+
+
+def test_record_as_list_accepted(tmp_path: Path) -> None:
+    wal, _ = WAL.open(tmp_path)
+    with wal:
+        wal.append_and_sync([[7, b"list"]])  # type: ignore[list-item]
+
+    assert reopen_records(tmp_path) == [Record(7, b"list")]
+
+
+@pytest.mark.parametrize("records", [None, 5, 1.5])
+def test_non_iterable_batch_rejected(tmp_path: Path, records: object) -> None:
+    wal, _ = WAL.open(tmp_path)
+    with wal:
+        with pytest.raises(InvalidRequest) as raised:
+            wal.append(records)  # type: ignore[arg-type]
+
+        assert repr(records) in str(raised.value)
+        assert "iterable" in str(raised.value)
         assert wal.statistics().records_appended == 0
 
-    assert reopen_records(tmp_path) == []
+
+@pytest.mark.parametrize("keep_from_seq", ["x", None, True, 1.0, -1])
+def test_purge_rejects_bad_seq(tmp_path: Path, keep_from_seq: object) -> None:
+    wal, _ = WAL.open(tmp_path)
+    with wal:
+        wal.append_and_sync(make_records(0, 2))
+        wal.cut(2)
+        wal.append_and_sync(make_records(2, 2))
+
+        with pytest.raises(InvalidRequest) as raised:
+            wal.purge(keep_from_seq)  # type: ignore[arg-type]
+
+        assert repr(keep_from_seq) in str(raised.value)
+        assert "keep_from_seq" in str(raised.value)
+        assert [segment.seq for segment in wal.segments()] == [0, 1]
+
+    assert reopen_records(tmp_path) == make_records(0, 4)
+
+
+@pytest.mark.parametrize("directory", [None, 5, b"/tmp/fix-wal-bytes", "", "wal\x00dir"])
+def test_open_rejects_bad_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, directory: object
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(InvalidRequest) as raised:
+        WAL.open(directory)  # type: ignore[arg-type]
+
+    assert repr(directory) in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+    assert not Path("/tmp/fix-wal-bytes").exists()
 
 
 @pytest.mark.parametrize(
