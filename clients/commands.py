@@ -30,14 +30,15 @@ SERVE_PID_FILE = "serve.pid"
 
 
 def spec_of(arguments: argparse.Namespace) -> ClusterSpec:
-    return cluster.default_spec(arguments.data_dir, arguments.namespace, getattr(arguments, "tick_ms", 50))
+    return cluster.default_spec(arguments.data_dir, arguments.namespace, getattr(arguments, "tick_ms", 50),
+                                getattr(arguments, "lease_reads", False))
 
 
 def join_ray(address: str, namespace: str) -> None:
     """Connect this process to the running Ray instance at `address`."""
-    # NOTE: with Ray 2.60's default token authentication, connecting by an
-    # explicit address to a cluster that `serve` started fails with
-    # InvalidAuthToken here, while "auto" works; the cause is not found yet.
+    # Ray 2.60 loads the token of ~/.ray/auth_token only for address "auto". With
+    # an explicit address it sends a token only when RAY_AUTH_MODE=token is set
+    # in the environment before Ray is imported (ray/_private/worker.py).
     ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
 
 
@@ -114,6 +115,7 @@ def start_background_server(arguments: argparse.Namespace, spec: ClusterSpec) ->
     log_path = data / "serve.log"
     command = [sys.executable, "-m", "rayconf", "serve", "--data-dir", str(data), "--namespace",
                spec.namespace, "--tick-ms", str(arguments.tick_ms), "--num-cpus", str(arguments.num_cpus),
+               *(["--lease-reads"] if arguments.lease_reads else []),
                "--timeout", str(arguments.timeout)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -216,3 +216,23 @@ def test_torn_wal_tail_loses_only_unsynced(tmp_path: Path) -> None:
         assert os.path.getsize(wal_files[-1]) > 0
     finally:
         storage.close()
+
+
+def test_lease_read_served_by_leader(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, ReplicaSettings(lease_reads=True, snapshot_interval_entries=50,
+                                                 compaction_margin_entries=10))
+    try:
+        cluster.write(b"/lease", b"v", "w-lease")
+        leader = cluster.leader()
+        leader.read_index(b"lease-read")
+        served = []
+        for _ in range(20):
+            outcome = leader.process_ready()
+            served.extend(outcome.read_states)
+            if served:
+                break
+            cluster.step()
+        assert [state.request_context for state in served] == [b"lease-read"]
+        assert served[0].index >= leader.state.applied_index - 1
+    finally:
+        cluster.close()

@@ -1,0 +1,146 @@
+"""The command line against a cluster that `rayconf serve` runs in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus" / "helm-charts"
+RAYCONF = [sys.executable, "-m", "rayconf"]
+
+
+class Server:
+    def __init__(self, data: Path) -> None:
+        self.process = subprocess.Popen(
+            RAYCONF + ["serve", "--data-dir", str(data), "--namespace", "cli-test", "--tick-ms", "20"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        self.address = ""
+        self.output: list[str] = []
+        deadline = time.monotonic() + 120
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            if line.startswith("Ray address:"):
+                self.address = line.split(":", 1)[1].strip()
+            if line.startswith("Press Ctrl-C"):
+                return
+        self.stop()
+        raise AssertionError("rayconf serve did not start:\n" + "".join(self.output))
+
+    def run(self, *arguments: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # An explicit address keeps the commands on this server even when other
+        # Ray instances run on the machine; Ray sends its token for an explicit
+        # address only with RAY_AUTH_MODE=token.
+        environment = dict(os.environ, RAY_AUTH_MODE="token")
+        result = subprocess.run(
+            RAYCONF + list(arguments[:1]) + ["--address", self.address, "--namespace", "cli-test", "--timeout", "30"]
+            + list(arguments[1:]),
+            input=stdin, capture_output=True, text=True, timeout=120, env=environment,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        assert self.process.stdout is not None
+        return "".join(self.output) + self.process.stdout.read()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    started = Server(tmp_path_factory.mktemp("cli-data"))
+    yield started
+    output = started.stop()
+    assert "stopped" in output
+
+
+def test_put_get_history_ls(server: Server) -> None:
+    assert server.run("put", "/app/db/timeout", "30", "--note", "first").stdout.startswith("OK revision")
+    server.run("put", "/app/db/timeout", "45", "--note", "second", "--user", "alice")
+    server.run("put", "/app/cache/size", "512")
+    assert server.run("get", "/app/db/timeout").stdout == "45\n"
+    record = json.loads(server.run("get", "/app/db/timeout", "-o", "json").stdout)
+    assert {"key", "value", "create_revision", "mod_revision", "version"} <= set(record)
+    assert record["value"] == "45" and record["version"] == 2
+    assert server.run("ls", "/app/").stdout.split() == ["cache/", "db/"]
+    history = server.run("history", "/app/db/timeout", "-o", "json").stdout.splitlines()
+    entries = [json.loads(line) for line in history]
+    assert [entry["note"] for entry in entries] == ["first", "second"]
+    assert entries[1]["principal"] == "alice"
+
+
+def test_txn_and_cas(server: Server) -> None:
+    server.run("put", "/deploy/color", "blue")
+    document = json.dumps({
+        "compare": [{"key": "/deploy/color", "target": "value", "op": "=", "value": "blue"}],
+        "success": [{"put": "/deploy/color", "value": "green"}],
+        "failure": [{"get": "/deploy/color"}],
+    })
+    result = json.loads(server.run("txn", "-o", "json", stdin=document).stdout)
+    assert result["succeeded"] is True
+    failed = server.run("txn", "-o", "json", stdin=document, check=False)
+    assert failed.returncode == 2
+    assert json.loads(failed.stdout)["responses"][0]["kvs"][0]["value"] == "green"
+    server.run("cas", "/deploy/color", "green", "red")
+    conflict = server.run("cas", "/deploy/color", "green", "black", check=False)
+    assert conflict.returncode == 1
+    assert "TxnFailed" in conflict.stderr
+    assert server.run("get", "/deploy/color").stdout == "red\n"
+
+
+def test_bad_input_is_rejected(server: Server) -> None:
+    bad_path = server.run("put", "/bad//path", "x", check=False)
+    assert bad_path.returncode == 1 and "InvalidKey" in bad_path.stderr
+    bad_txn = server.run("txn", stdin="{not json", check=False)
+    assert bad_txn.returncode == 1 and "InvalidRequest" in bad_txn.stderr
+    missing = server.run("get", "/never/written", check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus folder {CORPUS} not found")
+def test_import_export_revert(server: Server, tmp_path: Path) -> None:
+    imported = server.run("import", str(CORPUS), "--prefix", "/charts").stdout
+    assert "imported" in imported
+    server.run("export", "/charts", str(tmp_path / "out"))
+    originals = sorted(p.relative_to(CORPUS) for p in CORPUS.rglob("*") if p.is_file())
+    exported = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert exported == originals
+    for relative in originals:
+        assert (tmp_path / "out" / relative).read_bytes() == (CORPUS / relative).read_bytes(), relative
+
+    key = "/charts/" + originals[0].as_posix()
+    before = json.loads(server.run("get", key, "-o", "json").stdout)
+    server.run("put", key, "overwritten by mistake")
+    server.run("revert", key, "--to-revision", str(before["mod_revision"]))
+    restored = json.loads(server.run("get", key, "-o", "json").stdout)
+    assert restored["value"] == before["value"]
+    assert restored["mod_revision"] > before["mod_revision"]
+    notes = [json.loads(line)["note"] for line in server.run("history", key, "-o", "json").stdout.splitlines()]
+    assert notes[-1] == f"revert {key} to revision {before['mod_revision']}"
+
+
+def test_status_lists_members(server: Server) -> None:
+    status = json.loads(server.run("status", "-o", "json").stdout)
+    assert status["leader"]
+    assert set(status["members"]) == {"dc-a-1", "dc-b-1", "dc-c-1"}
+    assert status["auth"] == "disabled"
