@@ -14,12 +14,14 @@ voter each, on one local Ray instance that offers all three resources.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray._private import ray_constants
 
 from rayconf.actors.replica import ReplicaActor
 from rayconf.actors.replica_core import ReplicaSettings
@@ -112,12 +114,34 @@ def resources_for(spec: ClusterSpec) -> dict[str, float]:
     return {dc.name: 1.0 for dc in spec.data_centers}
 
 
+def use_loopback() -> None:
+    """Make Ray in this process, and in the processes it starts, use 127.0.0.1 only.
+
+    Call it before `ray.init` for a local instance, or before connecting to
+    one. It is wrong for a Ray cluster that spans several machines.
+    """
+    # Ray 2.60 replaces a node address of 127.0.0.1 by the machine's outward
+    # address (services.resolve_ip_for_localhost) unless it runs in its
+    # single-machine mode, which RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 selects.
+    # Ray reads that variable when it is imported, so the constant it sets is
+    # changed here too; the processes this one starts inherit the variable.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def is_local_address(address: str) -> bool:
+    """Return whether a Ray address names this machine's loopback (or "auto")."""
+    host = address.rsplit(":", 1)[0]
+    return address == "auto" or host in ("localhost", "::1", "[::1]") or host.startswith("127.")
+
+
 def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
     """Start a local Ray instance that offers every data center resource of `spec`.
 
     It binds to 127.0.0.1, so no traffic leaves the machine, and runs without
     the dashboard.
     """
+    use_loopback()
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,

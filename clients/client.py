@@ -331,9 +331,10 @@ def connect(spec: ClusterSpec | None = None, **options: Any) -> Client:
     Ray must already be initialised in this process, or reachable with
     `ray.init(address="auto")`.
     """
-    from rayconf.actors.cluster import default_spec
+    from rayconf.actors.cluster import default_spec, use_loopback
     options.setdefault("principal", getpass.getuser())
     if not ray.is_initialized():
+        use_loopback()
         try:
             ray.init(address="auto", namespace=(spec or default_spec()).namespace, log_to_driver=False)
         except ConnectionError as error:

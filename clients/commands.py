@@ -39,6 +39,8 @@ def join_ray(address: str, namespace: str) -> None:
     # Ray 2.60 loads the token of ~/.ray/auth_token only for address "auto". With
     # an explicit address it sends a token only when RAY_AUTH_MODE=token is set
     # in the environment before Ray is imported (ray/_private/worker.py).
+    if cluster.is_local_address(address):
+        cluster.use_loopback()
     ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
 
 
