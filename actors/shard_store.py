@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ def store_actor_name(member: str) -> str:
 class ShardStoreActor:
     """A read replica of one shard in one data center."""
 
-    def __init__(self, name: str, data_center: str, replicas: list[str], namespace: str) -> None:
+    def __init__(self, name: str, data_center: str, replicas: list[str], namespace: str,
+                 data_directory: str) -> None:
         logging.basicConfig(level=logging.INFO)
         self.name = name
         self.data_center = data_center
@@ -64,10 +65,13 @@ class ShardStoreActor:
         self.namespace = namespace
         self.state = MVCC()
         self.following = ""
+        self.snapshots_loaded = 0
         # When the followed replica last heard from a leader, as of its latest reply.
         self.last_contact = 0.0
         self._progress = asyncio.Condition()
-        self._scratch = Path(tempfile.mkdtemp(prefix=f"rayconf-{name}-"))
+        # Snapshots received from the replica; only the newest is kept.
+        self._scratch = Path(data_directory) / "stores" / name
+        self._scratch.mkdir(parents=True, exist_ok=True)
         self._task = asyncio.get_event_loop().create_task(self._follow())
         logger.info("shard store %s up in %s, following %s", name, data_center, replicas)
 
@@ -104,6 +108,10 @@ class ShardStoreActor:
     def _load_snapshot(self, packed: bytes) -> None:
         directory = mvcc_snapshot.unpack(packed, self._scratch)
         self.state = mvcc_snapshot.load(directory)
+        self.snapshots_loaded += 1
+        for older in self._scratch.iterdir():
+            if older != directory:
+                shutil.rmtree(older, ignore_errors=True)
         logger.info("store %s loaded a snapshot at index %d, revision %d",
                     self.name, self.state.applied_index, self.state.revision)
 
@@ -193,4 +201,5 @@ class ShardStoreActor:
             "applied_index": self.state.applied_index,
             "revision": self.state.revision,
             "age_ms": self.age_ms(),
+            "snapshots_loaded": self.snapshots_loaded,
         }

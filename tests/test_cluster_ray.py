@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Iterator
@@ -11,6 +12,7 @@ import ray
 
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
+from rayconf.actors.replica_core import ReplicaSettings
 from rayconf.clients.client import Client
 from rayconf.errors import InvalidKey, InvalidRequest, TooManyOperations, TxnFailed, Unavailable, ValueTooLarge
 from rayconf.store.records import KeyValue, Put, Txn
@@ -19,7 +21,11 @@ from rayconf.store.records import KeyValue, Put, Txn
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
     data = tmp_path_factory.mktemp("rayconf-data")
-    built = cluster.default_spec(str(data), namespace="rayconf-test", tick_ms=20)
+    # Small snapshot settings, so that a short test compacts the log.
+    built = dataclasses.replace(
+        cluster.default_spec(str(data), namespace="rayconf-test", tick_ms=20),
+        settings=ReplicaSettings(snapshot_interval_entries=200, compaction_margin_entries=5),
+    )
     cluster.start_local_ray(built, num_cpus=2)
     try:
         cluster.up(built)
@@ -224,3 +230,25 @@ def test_bad_write_changes_nothing(spec: ClusterSpec, client: Client, call, erro
     assert after == before
     kv = client.get("/guard/key")
     assert kv is not None and kv.value == b"kept"
+
+
+def test_store_loads_snapshot_when_behind(spec: ClusterSpec, client: Client) -> None:
+    store = cluster.find_store(spec, "dc-a-s1")
+    for member in spec.members():
+        for _ in range(3):
+            ray.get(cluster.find_replica(spec, member).take_snapshot.remote())
+            client.put("/snap/filler", b"x")
+    ray.kill(store, no_restart=False)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            kv = client.get("/snap/filler", consistency="serializable")
+            if kv is not None:
+                break
+        except Unavailable:
+            pass
+        assert time.monotonic() < deadline, "the restarted store never caught up"
+        time.sleep(0.2)
+    assert cluster.status(spec)["stores"]["dc-a-s1"]["snapshots_loaded"] >= 1
+    scratch = Path(spec.data_directory) / "stores" / "dc-a-s1"
+    assert len(list(scratch.iterdir())) == 1
