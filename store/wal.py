@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
 
-from rayconf.errors import InvalidRequest, StorageError, ValueTooLarge
+from rayconf.errors import InvalidRequest, StorageError
 from rayconf.store import wal_format
 from rayconf.store.wal_format import Record
 from rayconf.store.wal_files import (
@@ -52,12 +52,12 @@ from rayconf.store.wal_files import (
     recover_directory,
     write_all,
 )
+from rayconf.store.wal_validation import MIB, _encode_batch, _log_directory, _validate_int
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["WAL", "Record", "Segment", "WALStatistics"]
 
-MIB = 1024 * 1024
 SEGMENT_BYTES_MAX_DEFAULT = 64 * MIB
 PAYLOAD_BYTES_MAX_DEFAULT = 64 * MIB
 
@@ -203,7 +203,7 @@ class WAL:
         self._check_open()
         if rollover_tag is not None:
             _validate_int("rollover_tag", rollover_tag, 0, wal_format.TAG_MAX)
-        batch, record_count = self._encode_batch(records)
+        batch, record_count = _encode_batch(records, self._payload_bytes_max)
         if record_count == 0:
             return
 
@@ -342,49 +342,6 @@ class WAL:
         if self._failure is not None:
             raise StorageError(self._failure_message())
 
-    def _encode_batch(self, records: Iterable[tuple[int, bytes]]) -> tuple[bytes, int]:
-        try:
-            items = iter(records)
-        except TypeError:
-            raise InvalidRequest(
-                f"records is {_show(records)} ({type(records).__name__}), expected an iterable of "
-                "(record_type, payload) tuples such as [(1, b'payload')]"
-            ) from None
-
-        chunks: list[bytes] = []
-        for index, item in enumerate(items):
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise InvalidRequest(
-                    f"record {index} of the batch is {_show(item)}, expected a "
-                    "(record_type, payload) tuple such as (1, b'payload')"
-                )
-            record_type, payload = item
-            if isinstance(record_type, bool) or not isinstance(record_type, int):
-                raise InvalidRequest(
-                    f"record {index} has record type {record_type!r}, expected an int in "
-                    f"0..{wal_format.RECORD_TYPE_MAX}"
-                )
-            if not 0 <= record_type <= wal_format.RECORD_TYPE_MAX:
-                raise InvalidRequest(
-                    f"record {index} has record type {record_type}, which is outside "
-                    f"0..{wal_format.RECORD_TYPE_MAX}"
-                )
-            if not isinstance(payload, bytes):
-                raise InvalidRequest(
-                    f"record {index} has a payload of type {type(payload).__name__}, expected "
-                    "bytes. Encode the payload to bytes first"
-                )
-            if len(payload) > self._payload_bytes_max:
-                raise ValueTooLarge(
-                    f"write-ahead log record of {_format_bytes(len(payload))} is above "
-                    f"payload_bytes_max ({_format_bytes(self._payload_bytes_max)}). "
-                    "Split the payload or raise payload_bytes_max.",
-                    size_bytes=len(payload),
-                    limit_bytes=self._payload_bytes_max,
-                )
-            chunks.append(wal_format.encode_record(record_type, payload))
-        return b"".join(chunks), len(chunks)
-
     def _write(self, batch: bytes) -> None:
         assert self._file_fd is not None
         start = self._segment_bytes
@@ -431,46 +388,3 @@ class WAL:
             f"write-ahead log {self._directory} stopped accepting writes after an I/O error: "
             f"{self._failure}. Restart the process so that it rereads the log from disk."
         )
-
-
-def _log_directory(directory: object) -> Path:
-    """Return `directory` as a Path, or raise InvalidRequest naming what is wrong with it."""
-    try:
-        text = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
-    except TypeError:
-        text = None
-    if not isinstance(text, str):
-        raise InvalidRequest(
-            f"write-ahead log directory is {_show(directory)} ({type(directory).__name__}), "
-            "expected a str or pathlib.Path such as 'data/wal'"
-        )
-    if text == "":
-        raise InvalidRequest(
-            "write-ahead log directory is '' (empty). Give a path such as 'data/wal', or '.' for "
-            "the current directory"
-        )
-    if "\x00" in text:
-        raise InvalidRequest(
-            f"write-ahead log directory {text!r} contains a NUL character, which no path can "
-            "contain. Remove it"
-        )
-    return Path(text)
-
-
-def _show(value: object) -> str:
-    shown = repr(value)
-    if len(shown) > 120:
-        shown = shown[:117] + "..."
-    return shown
-
-
-def _validate_int(name: str, value: int, minimum: int, maximum: int) -> None:
-    in_range = isinstance(value, int) and minimum <= value <= maximum
-    if isinstance(value, bool) or not in_range:
-        raise InvalidRequest(f"{name} is {value!r}, expected an int in {minimum}..{maximum}")
-
-
-def _format_bytes(size: int) -> str:
-    if size >= MIB:
-        return f"{size / MIB:.1f} MiB ({size} bytes)"
-    return f"{size} bytes"
