@@ -26,6 +26,7 @@ from ray._private import ray_constants
 from rayconf.actors.replica import ReplicaActor
 from rayconf.actors.replica_core import ReplicaSettings
 from rayconf.actors.shard_store import ShardStoreActor, store_actor_name
+from rayconf.actors.watch_hub import WatchHubActor, find_hub, hub_actor_name
 from rayconf.actors.transport import replica_actor_name
 from rayconf.errors import InvalidRequest, Unavailable
 
@@ -44,9 +45,14 @@ class DataCenter:
     learners: tuple[str, ...] = ()
     # Shard stores (read replicas) in this data center.
     stores: int = 0
+    # Watch hubs in this data center.
+    hubs: int = 0
 
     def store_names(self) -> tuple[str, ...]:
         return tuple(f"{self.name}-s{number}" for number in range(1, self.stores + 1))
+
+    def hub_names(self) -> tuple[str, ...]:
+        return tuple(hub_actor_name(self.name, number) for number in range(1, self.hubs + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +105,9 @@ class ClusterSpec:
 
 def default_spec(data_directory: str = "./rayconf-data", namespace: str = DEFAULT_NAMESPACE,
                  tick_ms: int = 50, lease_reads: bool = False) -> ClusterSpec:
-    """Return the embedded default: dc-a, dc-b and dc-c with one voter and one shard store each."""
+    """Return the embedded default: dc-a, dc-b and dc-c with one voter, shard store and watch hub each."""
     return ClusterSpec(
-        data_centers=tuple(DataCenter(name, voters=(f"{name}-1",), stores=1) for name in ("dc-a", "dc-b", "dc-c")),
+        data_centers=tuple(DataCenter(name, voters=(f"{name}-1",), stores=1, hubs=1) for name in ("dc-a", "dc-b", "dc-c")),
         data_directory=str(Path(data_directory).resolve()),
         namespace=namespace,
         tick_ms=tick_ms,
@@ -197,6 +203,18 @@ def up(spec: ClusterSpec, *, wait_for_leader_s: float = 30.0) -> dict[str, Any]:
                 resources={dc.name: RESOURCE_PER_ACTOR},
             ).remote(store, dc.name, spec.replicas_near(dc.name), spec.namespace, spec.data_directory)
             created.append(store)
+        for hub in dc.hub_names():
+            if find_hub(spec, hub) is not None:
+                continue
+            WatchHubActor.options(  # type: ignore[attr-defined]
+                name=hub,
+                namespace=spec.namespace,
+                lifetime="detached",
+                max_restarts=-1,
+                num_cpus=0,
+                resources={dc.name: RESOURCE_PER_ACTOR},
+            ).remote(hub, dc.name, spec.replicas_near(dc.name), spec.namespace, None)
+            created.append(hub)
     if created:
         logger.info("created replicas %s in namespace %s", created, spec.namespace)
     deadline = time.monotonic() + wait_for_leader_s
@@ -240,6 +258,20 @@ def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
             stores[store] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
             stores[store] = {"health": "unreachable", "error": type(error).__name__}
+    hubs: dict[str, Any] = {}
+    hub_pending = {}
+    for dc in spec.data_centers:
+        for hub in dc.hub_names():
+            handle = find_hub(spec, hub)
+            if handle is None:
+                hubs[hub] = {"health": "missing"}
+            else:
+                hub_pending[hub] = handle.statistics.remote()
+    for hub, reference in hub_pending.items():
+        try:
+            hubs[hub] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
+            hubs[hub] = {"health": "unreachable", "error": type(error).__name__}
     leaders = {info.get("leader") for info in members.values() if info.get("role") == "leader"}
     leader = leaders.pop() if len(leaders) == 1 else ""
     terms = [info["term"] for info in members.values() if "term" in info]
@@ -248,6 +280,7 @@ def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
         "term": max(terms) if terms else 0,
         "members": members,
         "stores": stores,
+        "hubs": hubs,
         "auth": "disabled",
     }
 
@@ -258,6 +291,11 @@ def down(spec: ClusterSpec, *, timeout_s: float = 30.0) -> list[str]:
     The data directories stay, so the next `up` recovers the cluster from them.
     """
     stopped = []
+    hubs = [hub for dc in spec.data_centers for hub in dc.hub_names()]
+    for hub in hubs:
+        handle = find_hub(spec, hub)
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
     for store in spec.stores():
         handle = find_store(spec, store)
         if handle is not None:
@@ -268,8 +306,10 @@ def down(spec: ClusterSpec, *, timeout_s: float = 30.0) -> list[str]:
             ray.kill(handle, no_restart=True)
             stopped.append(member)
     deadline = time.monotonic() + timeout_s
-    while any(find_replica(spec, member) is not None for member in stopped) or any(
-        find_store(spec, store) is not None for store in spec.stores()
+    while (
+        any(find_replica(spec, member) is not None for member in stopped)
+        or any(find_store(spec, store) is not None for store in spec.stores())
+        or any(find_hub(spec, hub) is not None for hub in hubs)
     ):
         if time.monotonic() > deadline:
             raise Unavailable(f"replicas {stopped} were killed but their names are still taken after {timeout_s} s")

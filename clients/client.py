@@ -176,6 +176,21 @@ class Client:
             raise result
         return result
 
+    # --- Watches. ---
+
+    def watch(self, prefix_or_key: str | bytes, **options: Any) -> Any:
+        """Watch a prefix (the default) or a key; see `rayconf.clients.watch.watch` for the options.
+
+        The watch reads from a hub in this client's data center. With a
+        session, it first waits for the newest revision this client wrote.
+        """
+        from rayconf.clients.watch import watch
+
+        options.setdefault("data_center", self.data_center)
+        if self.session:
+            options.setdefault("min_revision", self.last_revision)
+        return watch(self.spec, prefix_or_key, **options)
+
     # --- Reads. ---
 
     def get(self, key: str | bytes, *, revision: int = 0, consistency: Consistency = "linearizable",

@@ -1,5 +1,9 @@
 """Typed errors raised by every part of rayconf.
 
+Errors cross Ray actor calls, which pickle them: pickle rebuilds an exception
+from its message alone and then restores its attributes, so every keyword
+argument here has a default.
+
 Each message names the offending value and the next step. Callers catch the
 narrowest class they can handle; `RayconfError` is the base of them all.
 Several classes also derive from a builtin (`ValueError`, `KeyError`) so that
@@ -52,7 +56,7 @@ class Compacted(RayconfError):
     or re-read from it.
     """
 
-    def __init__(self, message: str, *, compact_revision: int, requested_revision: int) -> None:
+    def __init__(self, message: str, *, compact_revision: int = 0, requested_revision: int = 0) -> None:
         super().__init__(message)
         self.compact_revision = compact_revision
         self.requested_revision = requested_revision
@@ -61,7 +65,7 @@ class Compacted(RayconfError):
 class FutureRevision(RayconfError):
     """The requested revision is above the newest revision of the store."""
 
-    def __init__(self, message: str, *, current_revision: int, requested_revision: int) -> None:
+    def __init__(self, message: str, *, current_revision: int = 0, requested_revision: int = 0) -> None:
         super().__init__(message)
         self.current_revision = current_revision
         self.requested_revision = requested_revision
@@ -97,7 +101,7 @@ class WALCorruption(StorageError):
     may have been acknowledged. `path` and `offset_bytes` locate the record.
     """
 
-    def __init__(self, message: str, *, path: str, offset_bytes: int) -> None:
+    def __init__(self, message: str, *, path: str = "", offset_bytes: int = 0) -> None:
         super().__init__(message)
         self.path = path
         self.offset_bytes = offset_bytes
@@ -106,7 +110,7 @@ class WALCorruption(StorageError):
 class SnapshotCorruption(StorageError):
     """A snapshot file is missing, truncated or fails its checksum."""
 
-    def __init__(self, message: str, *, path: str) -> None:
+    def __init__(self, message: str, *, path: str = "") -> None:
         super().__init__(message)
         self.path = path
 

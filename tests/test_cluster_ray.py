@@ -14,7 +14,7 @@ from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
 from rayconf.actors.replica_core import ReplicaSettings
 from rayconf.clients.client import Client
-from rayconf.errors import InvalidKey, InvalidRequest, TooManyOperations, TxnFailed, Unavailable, ValueTooLarge
+from rayconf.errors import Compacted, InvalidKey, InvalidRequest, TooManyOperations, TxnFailed, Unavailable, ValueTooLarge
 from rayconf.store.records import KeyValue, Put, Txn
 
 
@@ -252,3 +252,36 @@ def test_store_loads_snapshot_when_behind(spec: ClusterSpec, client: Client) -> 
     assert cluster.status(spec)["stores"]["dc-a-s1"]["snapshots_loaded"] >= 1
     scratch = Path(spec.data_directory) / "stores" / "dc-a-s1"
     assert len(list(scratch.iterdir())) == 1
+
+
+def test_compacted_read_error_crosses_ray(client: Client) -> None:
+    first = client.put("/compact/me", b"1")
+    client.put("/compact/me", b"2")
+    latest = client.put("/compact/me", b"3")
+    client.compact(latest.revision)
+    with pytest.raises(Compacted) as raised:
+        client.get("/compact/me", revision=first.revision)
+    assert raised.value.compact_revision == latest.revision
+
+
+def test_client_watch_through_default_hub(client: Client) -> None:
+    from rayconf.clients.watch import close_streams
+
+    try:
+        with client.watch("/watched/", prev_kv=True) as changes:
+            client.put("/watched/a", b"1")
+            client.put("/watched/a", b"2")
+            batches = []
+            deadline = time.monotonic() + 20
+            while len(batches) < 2:
+                assert time.monotonic() < deadline, f"only {batches} arrived"
+                batch = changes.get(timeout_s=1.0)
+                if batch is not None and batch.events:
+                    batches.append(batch)
+        values = [batch.events[0].kv.value for batch in batches]
+        assert values == [b"1", b"2"]
+        assert batches[1].events[0].prev_kv is not None
+        assert batches[1].events[0].prev_kv.value == b"1"
+        assert batches[0].revision < batches[1].revision
+    finally:
+        close_streams()
