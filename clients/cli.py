@@ -25,7 +25,7 @@ from rayconf.errors import RayconfError
 logger = logging.getLogger(__name__)
 
 COMMANDS = ("serve", "up", "down", "status", "put", "get", "ls", "del", "history", "txn", "cas",
-            "import", "export", "revert", "compact")
+            "import", "export", "revert", "compact", "watch")
 
 
 def add_cluster_parsers(subparsers: Any) -> None:
@@ -116,6 +116,15 @@ def add_cluster_parsers(subparsers: Any) -> None:
 
     compact = add("compact", "drop history below a revision")
     compact.add_argument("revision", type=int, help="oldest revision to keep readable")
+
+    watch = add("watch", "print changes under a prefix (or of one key with --key) as they happen, until Ctrl-C")
+    watch.add_argument("prefix", help="directory path such as /app/, or a key path with --key")
+    watch.add_argument("--key", action="store_true", help="watch exactly this key instead of a prefix")
+    watch.add_argument("--from-revision", type=int, default=0,
+                       help="replay changes from this revision first (default: only new changes)")
+    watch.add_argument("--prev-kv", action="store_true", help="include the previous value of each changed key")
+    watch.add_argument("--max-events", type=int, default=0,
+                       help="stop after this many events (default: 0, run until Ctrl-C)")
 
 
 def run_cluster_command(arguments: argparse.Namespace) -> int:

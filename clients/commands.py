@@ -319,3 +319,36 @@ def command_revert(arguments: argparse.Namespace) -> int:
         print(f"{arguments.key} already has its values of revision {arguments.to_revision}; nothing written")
     return 0
 
+
+
+# --- Watches. ---
+
+
+def command_watch(arguments: argparse.Namespace) -> int:
+    """Print one line per event: text for people, or one JSON object per event."""
+    from rayconf.clients.watch import close_streams, watch
+
+    client = connect(arguments)
+    printed = 0
+    changes = watch(client.spec, arguments.prefix, prefix=not arguments.key, start_revision=arguments.from_revision,
+                    prev_kv=arguments.prev_kv, data_center=client.data_center)
+    try:
+        with changes:
+            for batch in changes:
+                for event in batch.events:
+                    kind = event.type.name.lower()
+                    record: dict[str, Any] = {"revision": batch.revision, "type": kind, **kv_record(event.kv)}
+                    if arguments.prev_kv:
+                        record["prev_kv"] = kv_record(event.prev_kv) if event.prev_kv else None
+                    value = "" if kind == "delete" else show_value(event.kv.value)
+                    text = f"{batch.revision:>8}  {kind:<6}  {record['key']}  {value}"
+                    print_record(arguments, record, text)
+                    sys.stdout.flush()
+                    printed += 1
+                    if arguments.max_events and printed >= arguments.max_events:
+                        return 0
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close_streams()
+    return 0

@@ -144,3 +144,16 @@ def test_status_lists_members(server: Server) -> None:
     assert status["leader"]
     assert set(status["members"]) == {"dc-a-1", "dc-b-1", "dc-c-1"}
     assert status["auth"] == "disabled"
+
+
+def test_watch_prints_changes(server: Server) -> None:
+    start = json.loads(server.run("put", "/watch/cli/a", "0", "-o", "json").stdout)["revision"]
+    server.run("put", "/watch/cli/a", "1")
+    server.run("del", "/watch/cli/a")
+    watched = server.run("watch", "/watch/cli/", "--from-revision", str(start), "--prev-kv", "--max-events", "3",
+                         "-o", "json")
+    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [event["type"] for event in events] == ["put", "put", "delete"]
+    assert [event["revision"] for event in events] == [start, start + 1, start + 2]
+    assert events[1]["prev_kv"]["value"] == "0"
+    assert events[2]["prev_kv"]["value"] == "1"
