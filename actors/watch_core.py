@@ -317,13 +317,18 @@ class WatchHubCore:
 
         A paused watch (its client buffer is full) keeps its queue; only a
         cancel with nothing queued before it is delivered for it. Cancelled
-        watches leave the session once their cancel is delivered.
+        watches leave the session once their cancel is delivered. A reply
+        stops adding watches at `reply_events_max` events, and the rest stay
+        pending for the next poll.
         """
         session = self._session(session_id)
         now = self.clock()
         session.last_poll_s = now
         items: dict[int, list[WatchItem]] = {}
+        events_taken = 0
         for watch_id in list(session.pending):
+            if events_taken >= self.settings.reply_events_max:
+                break
             watcher = session.watchers.get(watch_id)
             if watcher is None:
                 session.pending.discard(watch_id)
@@ -342,6 +347,7 @@ class WatchHubCore:
             session.pending.discard(watch_id)
             if delivered:
                 items[watch_id] = delivered
+                events_taken += sum(len(item.events) if isinstance(item, WatchBatch) else 1 for item in delivered)
         return PollReply(items, self.revision)
 
     def _progress_item(self, watcher: Watcher, now: float, *, had_events: bool) -> WatchBatch | None:

@@ -159,10 +159,14 @@ class HubSettings:
     watches_per_session_max: int = 100_000
     # Sessions per hub. Opening more raises Unavailable.
     sessions_max: int = 10_000
+    # Events per poll reply. The watches that do not fit stay pending, and the
+    # client's next poll returns them at once, so one reply never grows past
+    # what the client can receive within its poll timeout.
+    reply_events_max: int = 20_000
 
     def __post_init__(self) -> None:
         for name in ("window_revisions_max", "watch_queue_events_max", "resumes_per_round_max",
-                     "watches_per_session_max", "sessions_max"):
+                     "watches_per_session_max", "sessions_max", "reply_events_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidRequest(f"hub setting {name} is {value!r}; give a positive integer")

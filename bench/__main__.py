@@ -1,6 +1,6 @@
 """Run every benchmark, print the figures and save them as JSON.
 
-Usage: `python -m bench [store|checker|cluster ...]`. Figures go to standard output
+Usage: `python -m bench [store|checker|cluster|watch|sim ...]`. Figures go to standard output
 and to `bench/results/latest.json`; `docs/benchmarks.md` records them with
 the machine and the command.
 """
@@ -14,9 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_checker, bench_cluster, bench_store
+from bench import bench_checker, bench_cluster, bench_store, bench_watch
 
-SUITES = {"store": bench_store.run, "checker": bench_checker.run, "cluster": bench_cluster.run}
+SUITES = {
+    "store": bench_store.run,
+    "checker": bench_checker.run,
+    "cluster": bench_cluster.run,
+    "watch": bench_watch.run,
+}
 
 
 def machine() -> dict[str, object]:

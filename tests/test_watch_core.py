@@ -260,3 +260,19 @@ def test_non_prefix_range_rejected() -> None:
         WatchRequest(b"/a", b"/c")
     assert WatchRequest.for_prefix(b"").range_end == b""
     assert WatchRequest.for_prefix(b"/a/").range_end == b"/a0"
+
+
+def test_poll_reply_bounded_by_event_budget() -> None:
+    hub = Hub(reply_events_max=10)
+    for watch_id in range(8):
+        hub.core.create("s", watch_id, WatchRequest.for_prefix(b"/b/"))
+    for number in range(3):
+        hub.put(b"/b/k", str(number).encode())
+    first = hub.core.take("s")
+    delivered = sum(len(item.events) for items in first.items.values() for item in items
+                    if isinstance(item, WatchBatch))
+    assert 10 <= delivered < 24
+    second = hub.core.take("s")
+    assert set(first.items) | set(second.items) == set(range(8))
+    assert not set(first.items) & set(second.items)
+    assert all(len(items) == 3 for items in list(first.items.values()) + list(second.items.values()))
