@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_checker, bench_cluster, bench_store, bench_watch
+from bench import bench_checker, bench_cluster, bench_sim, bench_store, bench_watch
 
 SUITES = {
     "store": bench_store.run,
     "checker": bench_checker.run,
     "cluster": bench_cluster.run,
     "watch": bench_watch.run,
+    "sim": bench_sim.run,
 }
 
 
