@@ -138,6 +138,10 @@ def run_cluster_command(arguments: argparse.Namespace) -> int:
     except RayconfError as error:
         print(f"rayconf {arguments.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    except (OSError, UnicodeError) as error:
+        # Local files: a missing --file, a directory given as a file, an unwritable --out.
+        print(f"rayconf {arguments.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

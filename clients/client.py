@@ -5,8 +5,8 @@ with jittered exponential backoff on `NotLeader`, `Unavailable` and dead
 actors. Retrying a write is safe because the state machine applies a request
 id at most once. Reads default to linearizable, and may go to any member.
 
-Paths may be given as text (`"/app/x"`, checked by the path rules) or as raw
-bytes keys, which are passed through as they are.
+Keys are paths, given as text (`"/app/x"`) or as UTF-8 bytes, and both are
+checked by the path rules. A range prefix given as bytes is used as it is.
 """
 
 from __future__ import annotations
@@ -71,9 +71,11 @@ BACKOFF_MAX_S = 1.0
 
 
 def to_key(path: str | bytes) -> bytes:
-    """Return the engine key of a text path (checked) or raw bytes key (passed through)."""
-    if isinstance(path, bytes):
-        return path
+    """Return the engine key of a path, checked by the path rules; bytes must be UTF-8 paths too.
+
+    The native client writes only hierarchical paths, so every key it
+    creates can be listed, exported and addressed from the command line.
+    """
     return validate_path(path)
 
 

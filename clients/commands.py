@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,7 +42,22 @@ def join_ray(address: str, namespace: str) -> None:
     # in the environment before Ray is imported (ray/_private/worker.py).
     if cluster.is_local_address(address):
         cluster.use_loopback()
+    if address != "auto":
+        check_reachable(address)
     ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
+
+
+def check_reachable(address: str, timeout_s: float = 2.0) -> None:
+    """Raise `ConnectionError` unless something accepts TCP connections at `address`.
+
+    Ray retries an unreachable address for minutes; this answers at once.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as error:
+        raise ConnectionError(f"nothing answers at {address}: {error}") from error
 
 
 def connect(arguments: argparse.Namespace) -> Client:
@@ -297,8 +313,9 @@ def command_import(arguments: argparse.Namespace) -> int:
     client = connect(arguments)
     summary = transfer.import_directory(client, arguments.directory, arguments.prefix, note=arguments.note,
                                         progress=sys.stderr.isatty())
+    skipped = f", skipped {summary.skipped_links} symbolic links" if summary.skipped_links else ""
     print(f"imported {summary.keys} keys ({summary.bytes} bytes) in {summary.txns} txns, revisions "
-          f"{summary.first_revision}..{summary.last_revision}, in {summary.elapsed_s:.1f} s")
+          f"{summary.first_revision}..{summary.last_revision}, in {summary.elapsed_s:.1f} s{skipped}")
     return 0
 
 

@@ -62,6 +62,7 @@ def _list(document: dict[str, Any], name: str) -> list[Any]:
 def _compare(item: Any, where: str) -> Compare:
     if not isinstance(item, dict) or "key" not in item:
         raise InvalidRequest(f"{where} must be an object with key, target, op and value")
+    _only(item, {"key", "target", "op", "value", "value_base64"}, where)
     try:
         target = CompareTarget(item.get("target", "value"))
         op = CompareOp(item.get("op", "="))
@@ -85,7 +86,10 @@ def _operation(item: Any, where: str) -> Operation:
     if len(kinds) != 1:
         raise InvalidRequest(f"{where} must have exactly one of put, delete or get")
     kind = kinds[0]
-    prefix = bool(item.get("prefix", False))
+    _only(item, {kind, "value", "value_base64"} if kind == "put" else {kind, "prefix"}, where)
+    prefix = item.get("prefix", False)
+    if not isinstance(prefix, bool):
+        raise InvalidRequest(f"{where}: prefix is {prefix!r}; give true or false")
     if kind == "put":
         return Put(_key(item["put"], where), _value(item, where))
     start = _prefix(item[kind], where) if prefix else _key(item[kind], where)
@@ -107,7 +111,15 @@ def _prefix(path: Any, where: str) -> bytes:
     return validate_directory(path)
 
 
+def _only(item: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(item) - allowed
+    if unknown:
+        raise InvalidRequest(f"{where} has unknown fields {sorted(unknown)}; allowed are {sorted(allowed)}")
+
+
 def _value(item: dict[str, Any], where: str) -> bytes:
+    if "value" in item and "value_base64" in item:
+        raise InvalidRequest(f"{where} has both value and value_base64; give one of them")
     if "value_base64" in item:
         try:
             return base64.b64decode(item["value_base64"], validate=True)

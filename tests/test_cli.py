@@ -157,3 +157,41 @@ def test_watch_prints_changes(server: Server) -> None:
     assert [event["revision"] for event in events] == [start, start + 1, start + 2]
     assert events[1]["prev_kv"]["value"] == "0"
     assert events[2]["prev_kv"]["value"] == "1"
+
+
+def test_import_checks_every_file_first(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for number in range(5):
+        (source / f"ok-{number}.yaml").write_text(f"value: {number}\n")
+    (source / "bad\x01name").write_text("x")
+    (source / "link.yaml").symlink_to(source / "ok-0.yaml")
+    failed = server.run("import", str(source), "--prefix", "/imp", check=False)
+    assert failed.returncode == 1 and "InvalidKey" in failed.stderr and "Nothing was imported" in failed.stderr
+    assert server.run("get", "/imp/", "--prefix").stdout == ""
+    (source / "bad\x01name").unlink()
+    imported = server.run("import", str(source), "--prefix", "/imp").stdout
+    assert "imported 5 keys" in imported and "skipped 1 symbolic links" in imported
+
+
+def test_export_refuses_file_and_directory_clash(server: Server, tmp_path: Path) -> None:
+    server.run("put", "/clash/a", "file")
+    server.run("put", "/clash/a/b", "nested")
+    failed = server.run("export", "/clash", str(tmp_path / "out"), check=False)
+    assert failed.returncode == 1 and "both a file and a directory" in failed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_file_errors_are_reported(server: Server, tmp_path: Path) -> None:
+    missing = server.run("put", "/f/x", "--file", str(tmp_path / "missing"), check=False)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    directory = server.run("put", "/f/x", "--file", str(tmp_path), check=False)
+    assert directory.returncode == 1 and "Traceback" not in directory.stderr
+
+
+def test_unreachable_address_fails_fast(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(RAYCONF + ["get", "/x", "--address", "127.0.0.1:1", "--namespace", "nobody"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Unavailable" in result.stderr
+    assert time.monotonic() - started < 30
