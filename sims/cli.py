@@ -52,6 +52,13 @@ def add_sim_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         help=f"concurrent simulated clients per seed (default: {defaults.client_count})",
     )
     parser.add_argument(
+        "--reads", choices=("safe", "lease_based"), default=defaults.read_only_option,
+        help=(
+            "how leaders confirm linearizable reads: safe (a heartbeat round per batch) or "
+            f"lease_based (the leader lease) (default: {defaults.read_only_option})"
+        ),
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("sim-failures"),
         help="directory for the history (JSON) and report of each failing seed (default: ./sim-failures)",
     )
@@ -100,7 +107,11 @@ def render_summary(summary: RunSummary, config: SimConfig, seed_start: int) -> s
     faults = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.faults.items())) or "none"
     violations = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.violations.items())) or "none"
     rows = [
-        ("seeds", f"{summary.seeds} (from {seed_start}), {config.node_count} nodes, faults {faults_argument(config)}"),
+        (
+            "seeds",
+            f"{summary.seeds} (from {seed_start}), {config.node_count} nodes, faults "
+            f"{faults_argument(config)}, reads {config.read_only_option}",
+        ),
         (
             "operations",
             f"{summary.operations} (ok {summary.operations_ok}, failed {summary.operations_failed}, "
@@ -143,6 +154,7 @@ def run_sim_command(arguments: argparse.Namespace) -> int:
             faults=faults,
             operation_count=arguments.operations,
             client_count=arguments.clients,
+            read_only_option=arguments.reads,
         )
         config.validate()
     except InvalidRequest as error:

@@ -106,6 +106,11 @@ class SimClient:
     statistics: ClientStatistics = field(default_factory=ClientStatistics)
     current: _CurrentOperation | None = None
     operations_started: int = 0
+    # (time in ms, line) for each attempt, reply and timeout, for failure reports.
+    attempt_log: list[tuple[int, str]] = field(default_factory=list)
+
+    def _log(self, text: str) -> None:
+        self.attempt_log.append((self.transport.now_ms(), f"client {self.client_id} {text}"))
 
     def start(self) -> None:
         self.transport.schedule(self.rng.randint(0, self.settings.think_time_ms_max), self._next_operation)
@@ -141,6 +146,8 @@ class SimClient:
         current.last_node = node_id
         self.statistics.attempts += 1
         tag = AttemptTag(self.client_id, current.op_id, current.attempt)
+        kind = "read" if current.command is None else "write"
+        self._log(f"op {current.op_id} attempt {current.attempt}: {kind} sent to {node_id}")
         if current.command is None:
             assert isinstance(current.request, ReadRequest)
             self.transport.send_read(node_id, tag, current.request)
@@ -154,6 +161,7 @@ class SimClient:
         if current is None or current.op_id != tag.op_id or current.attempt != tag.attempt:
             return
         self.statistics.timeouts += 1
+        self._log(f"op {tag.op_id} attempt {tag.attempt}: timed out")
         if not current.retry_scheduled:
             self._retry_or_finish()
 
@@ -161,6 +169,7 @@ class SimClient:
         current = self.current
         if current is None or current.op_id != reply.tag.op_id:
             return  # a late reply to an operation that is already finished
+        self._log(f"op {reply.tag.op_id} attempt {reply.tag.attempt}: {'dropped' if reply.dropped else 'ok'}")
         if reply.dropped:
             current.attempts_maybe_applied.discard(reply.tag.attempt)
             if reply.tag.attempt == current.attempt and not current.retry_scheduled:

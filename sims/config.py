@@ -67,6 +67,9 @@ class SimConfig:
     # Key groups of two keys each (see `workload.py`).
     key_group_count: int = 4
     tick_interval_ms: int = 10
+    # Each node ticks every tick_interval_ms plus or minus up to this much, drawn
+    # per start: 1 ms of 10 is a clock drift of up to 10%.
+    tick_drift_ms: int = 1
     election_timeout_ticks: int = 10
     heartbeat_interval_ticks: int = 1
     client_timeout_ms: int = 400
@@ -85,6 +88,9 @@ class SimConfig:
     # After the workload, faults stop and the cluster has this long to converge.
     settle_time_ms_max: int = 20_000
     hash_interval_entries: int = 1
+    # How leaders confirm linearizable reads: "safe" (ReadIndex with a heartbeat
+    # round) or "lease_based" (the Raft core's leader lease).
+    read_only_option: str = "safe"
     # Draw the Raft flow-control limits per run (see `FLOW_CONTROL_CHOICES`)
     # instead of using the core's defaults.
     vary_flow_control: bool = True
@@ -104,5 +110,14 @@ class SimConfig:
             )
         if self.key_group_count < 1:
             raise InvalidRequest(f"key_group_count is {self.key_group_count}; use at least 1")
+        if not 0 <= self.tick_drift_ms < self.tick_interval_ms:
+            raise InvalidRequest(
+                f"tick_drift_ms is {self.tick_drift_ms}; it must be in [0, tick_interval_ms="
+                f"{self.tick_interval_ms})"
+            )
+        if self.read_only_option not in ("safe", "lease_based"):
+            raise InvalidRequest(
+                f"read_only_option is {self.read_only_option!r}; use 'safe' or 'lease_based'"
+            )
         if self.hash_interval_entries < 1:
             raise InvalidRequest(f"hash_interval_entries is {self.hash_interval_entries}; use at least 1")

@@ -85,6 +85,7 @@ class NodeSettings:
     # Take `hash_kv` after every n-th applied index; 1 hashes after every index.
     hash_interval_entries: int
     injected_bug: str | None
+    read_only_option: str
     # Flow control of the Raft core; small values split appends and Readies.
     max_size_per_msg_bytes: int
     max_inflight_msgs: int
@@ -168,6 +169,7 @@ class SimNode:
             max_size_per_msg_bytes=self.settings.max_size_per_msg_bytes,
             max_inflight_msgs=self.settings.max_inflight_msgs,
             max_committed_size_per_ready_bytes=self.settings.max_committed_size_per_ready_bytes,
+            read_only_option=self.settings.read_only_option,
             applied=snapshot.metadata.index,
             rng=rng,
         )

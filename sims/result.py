@@ -25,6 +25,8 @@ class SimResult:
     faults: dict[str, int]
     fault_log: list[str]
     state_hashes: dict[NodeId, int]
+    # "t=<ms> client <c> op <o> attempt <a>: ..." lines in time order.
+    attempt_log: list[str]
     wall_time_s: float
     simulated_time_ms: int
 

@@ -75,11 +75,19 @@ def faults_argument(config: SimConfig) -> str:
 
 
 def reproduce_command(config: SimConfig) -> str:
-    return (
+    """Return the `rayconf sim` command that reruns `config`'s seed alone.
+
+    It carries the settings that the command line exposes. A run with other
+    non-default settings shows them all in its report.
+    """
+    command = (
         f"rayconf sim --seeds 1 --seed-start {config.seed} --nodes {config.node_count} "
         f"--faults {faults_argument(config)} --operations {config.operation_count} "
         f"--clients {config.client_count}"
     )
+    if config.read_only_option != SimConfig().read_only_option:
+        command += f" --reads {config.read_only_option}"
+    return command
 
 
 def render_settings(config: SimConfig) -> str:
@@ -103,6 +111,8 @@ def render_report(result: SimResult) -> str:
     lines += ["", "counters:"] + [f"  {name}: {value}" for name, value in sorted(result.statistics.items())]
     lines += ["", "final state hashes:"]
     lines += [f"  {node_id}: {state_hash:#018x}" for node_id, state_hash in sorted(result.state_hashes.items())]
+    lines += ["", "client attempts (which node got each attempt, and its outcome):"]
+    lines += [f"  {line}" for line in result.attempt_log]
     return "\n".join(lines) + "\n"
 
 

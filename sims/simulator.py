@@ -85,6 +85,7 @@ class Simulation:
             heartbeat_interval_ticks=config.heartbeat_interval_ticks,
             hash_interval_entries=config.hash_interval_entries,
             injected_bug=config.injected_bug,
+            read_only_option=config.read_only_option,
             **flow_control,
         )
         self.nodes: dict[NodeId, SimNode] = {}
@@ -141,10 +142,12 @@ class Simulation:
     def start_node(self, node: SimNode) -> None:
         node.start(random.Random(self.election_rng.getrandbits(64)))
         incarnation = node.incarnation
-        # NOTE: nodes differ only in the phase of their ticks, never in their rate,
-        # so clock drift and the lease-based reads that depend on it go untested.
-        phase_ms = self.election_rng.randint(1, self.config.tick_interval_ms)
-        self.queue.schedule(phase_ms, lambda: self._tick(node, incarnation))
+        # Each start draws the node's clock rate: its tick interval is off the
+        # configured one by up to `tick_drift_ms`, which models clock drift.
+        drift_ms = self.config.tick_drift_ms
+        interval_ms = self.config.tick_interval_ms + self.election_rng.randint(-drift_ms, drift_ms)
+        phase_ms = self.election_rng.randint(1, interval_ms)
+        self.queue.schedule(phase_ms, lambda: self._tick(node, incarnation, interval_ms))
 
     def crash_node(self, node: SimNode) -> None:
         node.crash(self.disk_rng)
@@ -163,12 +166,12 @@ class Simulation:
         leaders = [node for node in self.nodes.values() if node.is_up and node.role is StateType.LEADER]
         return max(leaders, key=lambda node: (node.term, node.node_id)) if leaders else None
 
-    def _tick(self, node: SimNode, incarnation: int) -> None:
+    def _tick(self, node: SimNode, incarnation: int, interval_ms: int) -> None:
         if node.raw is None or node.incarnation != incarnation or self.nodes.get(node.node_id) is not node:
             return
         node.raw.tick()
         self.process(node)
-        self.queue.schedule(self.config.tick_interval_ms, lambda: self._tick(node, incarnation))
+        self.queue.schedule(interval_ms, lambda: self._tick(node, incarnation, interval_ms))
 
     def process(self, node: SimNode) -> None:
         self.statistics["readies"] += node.process_readies()
@@ -308,6 +311,7 @@ class Simulation:
                 faults=dict(self.nemesis.counts),
                 fault_log=list(self.nemesis.log),
                 state_hashes={node_id: self.nodes[node_id].mvcc.hash_kv() for node_id in self.final_members},
+                attempt_log=self._attempt_log(),
                 wall_time_s=time.perf_counter() - started,
                 simulated_time_ms=self.queue.now_ms,
             )
@@ -344,6 +348,10 @@ class Simulation:
                         )
                     )
                     return
+
+    def _attempt_log(self) -> list[str]:
+        entries = sorted(entry for client in self.clients for entry in client.attempt_log)
+        return [f"t={time_ms}ms {text}" for time_ms, text in entries]
 
     def _collect_statistics(self) -> dict[str, int]:
         network = self.network.statistics

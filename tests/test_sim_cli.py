@@ -24,7 +24,7 @@ def test_sim_command_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     captured = capsys.readouterr()
     assert status == 0
-    assert "seeds              3 (from 40), 3 nodes, faults all" in captured.out
+    assert "seeds              3 (from 40), 3 nodes, faults all, reads safe" in captured.out
     assert "violations         none" in captured.out
     assert "3/3 seeds" in captured.err
     assert list(tmp_path.iterdir()) == []
