@@ -42,7 +42,9 @@ from rayconf.store.records import RangeRequest, RangeResponse
 
 logger = logging.getLogger(__name__)
 
-POLL_WAIT_S = 1.0
+# Longest wait of one poll for new entries; it also bounds how stale an idle
+# store's age reading gets, because the age is refreshed by each reply.
+POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
 RETRY_DELAY_S = 0.2
 

@@ -323,12 +323,29 @@ def cas_failure(key: bytes, expected: bytes | None, response: TxnResponse) -> Tx
     if response.responses and isinstance(response.responses[0], RangeResponse):
         kvs = response.responses[0].kvs
         current = kvs[0].value if kvs else None
+    shown = key.decode(errors="backslashreplace")
+    if expected is None:
+        problem = f"the key exists with value {_text(current)}, and it was expected to be absent"
+    elif current is None:
+        problem = f"the key does not exist, and it was expected to hold {_text(expected)}"
+    else:
+        problem = f"the value is {_text(current)}, not {_text(expected)}"
     return TxnFailed(
-        f"compare-and-swap on {key.decode(errors='backslashreplace')!r} failed: the value is {current!r}, "
-        f"not {expected!r}; read it and retry",
+        f"compare-and-swap on {shown!r} failed: {problem}; read it and retry",
         revision=response.revision,
         current=current,
     )
+
+
+def _text(value: bytes | None) -> str:
+    """Return a value for a message: quoted text when it is UTF-8, a size otherwise."""
+    if value is None:
+        return "nothing"
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{len(value)} bytes of binary data"
+    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _prefix_key(prefix: str | bytes) -> bytes:

@@ -192,6 +192,11 @@ def command_status(arguments: argparse.Namespace) -> int:
     for member, info in sorted(state["members"].items()):
         print(f"{member:<12} {info.get('health', '?'):<12} {info.get('role', '-'):<14} {info.get('term', '-'):>5} "
               f"{info.get('commit_index', '-'):>8} {info.get('applied_index', '-'):>8} {info.get('revision', '-'):>9}")
+    for store, info in sorted(state.get("stores", {}).items()):
+        print(f"{store:<12} {info.get('health', '?'):<12} {'store':<14} {'':>5} {'':>8} "
+              f"{info.get('applied_index', '-'):>8} {info.get('revision', '-'):>9}   age {info.get('age_ms', '-')} ms")
+    for hub, info in sorted(state.get("hubs", {}).items()):
+        print(f"{hub:<12} {info.get('health', '?'):<12} {'watch hub':<14}")
     return 0 if state["leader"] else 1
 
 

@@ -42,8 +42,9 @@ def check_value(key: bytes, value: object, limits: Limits) -> None:
         raise InvalidRequest(f"value of {_show(key)} must be bytes, got {type(value).__name__}")
     if len(value) > limits.max_value_bytes:
         raise ValueTooLarge(
-            f"value of {_show(key)} is {_size(len(value))}, above max_value_bytes "
-            f"({_size(limits.max_value_bytes)}); raise the limit in the cluster spec or split the value",
+            f"value of {_show(key)} is {_size(len(value))} ({len(value)} bytes), above max_value_bytes "
+            f"({_size(limits.max_value_bytes)}, {limits.max_value_bytes} bytes); raise the limit in the "
+            "cluster spec or split the value",
             size_bytes=len(value),
             limit_bytes=limits.max_value_bytes,
         )
