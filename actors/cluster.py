@@ -213,7 +213,7 @@ def up(spec: ClusterSpec, *, wait_for_leader_s: float = 30.0) -> dict[str, Any]:
                 max_restarts=-1,
                 num_cpus=0,
                 resources={dc.name: RESOURCE_PER_ACTOR},
-            ).remote(hub, dc.name, spec.replicas_near(dc.name), spec.namespace, None)
+            ).remote(hub, dc.name, spec.replicas_near(dc.name), spec.namespace, None, spec.data_directory)
             created.append(hub)
     if created:
         logger.info("created replicas %s in namespace %s", created, spec.namespace)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ class WatchHubActor:
     """One watch hub of one data center."""
 
     def __init__(self, name: str, data_center: str, replicas: list[str], namespace: str,
-                 settings: HubSettings | None = None) -> None:
+                 settings: HubSettings | None = None, data_directory: str | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
         self.name = name
         self.data_center = data_center
@@ -88,7 +89,11 @@ class WatchHubActor:
         # Notified after each batch of applied entries.
         self._applied = asyncio.Condition()
         self._started = time.monotonic()
-        self._scratch = Path(tempfile.mkdtemp(prefix=f"rayconf-{name}-"))
+        # Snapshots received from the replica; only the newest is kept. The same
+        # folder is reused after a restart, so restarts leave nothing behind.
+        root = Path(data_directory) if data_directory else Path(tempfile.gettempdir()) / f"rayconf-{namespace}"
+        self._scratch = root / "hubs" / name
+        self._scratch.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self._follow()), loop.create_task(self._catch_up()),
                        loop.create_task(self._housekeeping())]
@@ -133,6 +138,9 @@ class WatchHubActor:
         directory = mvcc_snapshot.unpack(packed, self._scratch)
         self.state = mvcc_snapshot.load(directory)
         self.core.reset(self.state)
+        for older in self._scratch.iterdir():
+            if older != directory:
+                shutil.rmtree(older, ignore_errors=True)
         logger.info("hub %s loaded a snapshot at index %d, revision %d",
                     self.name, self.state.applied_index, self.state.revision)
 
