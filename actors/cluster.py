@@ -231,47 +231,12 @@ def up(spec: ClusterSpec, *, wait_for_leader_s: float = 30.0) -> dict[str, Any]:
 
 
 def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
-    """Return the leader, term and per-member health of the cluster."""
-    members: dict[str, Any] = {}
-    pending = {}
-    for member in spec.members():
-        handle = find_replica(spec, member)
-        if handle is None:
-            members[member] = {"health": "missing"}
-        else:
-            pending[member] = handle.status.remote()
-    for member, reference in pending.items():
-        try:
-            members[member] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
-            members[member] = {"health": "unreachable", "error": type(error).__name__}
-    stores: dict[str, Any] = {}
-    store_pending = {}
-    for store in spec.stores():
-        handle = find_store(spec, store)
-        if handle is None:
-            stores[store] = {"health": "missing"}
-        else:
-            store_pending[store] = handle.status.remote()
-    for store, reference in store_pending.items():
-        try:
-            stores[store] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
-            stores[store] = {"health": "unreachable", "error": type(error).__name__}
-    hubs: dict[str, Any] = {}
-    hub_pending = {}
-    for dc in spec.data_centers:
-        for hub in dc.hub_names():
-            handle = find_hub(spec, hub)
-            if handle is None:
-                hubs[hub] = {"health": "missing"}
-            else:
-                hub_pending[hub] = handle.statistics.remote()
-    for hub, reference in hub_pending.items():
-        try:
-            hubs[hub] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
-            hubs[hub] = {"health": "unreachable", "error": type(error).__name__}
+    """Return the leader, term and per-member health of the cluster, with its stores and hubs."""
+    hubs = [hub for dc in spec.data_centers for hub in dc.hub_names()]
+    members = _ask_each(spec.members(), lambda name: find_replica(spec, name), "status", timeout_s)
+    stores = _ask_each(list(spec.stores()), lambda name: find_store(spec, name), "status", timeout_s)
+    hub_statistics = _ask_each(hubs, lambda name: find_hub(spec, name), "statistics", timeout_s)
+
     leaders = {info.get("leader") for info in members.values() if info.get("role") == "leader"}
     leader = leaders.pop() if len(leaders) == 1 else ""
     terms = [info["term"] for info in members.values() if "term" in info]
@@ -280,9 +245,27 @@ def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
         "term": max(terms) if terms else 0,
         "members": members,
         "stores": stores,
-        "hubs": hubs,
+        "hubs": hub_statistics,
         "auth": "disabled",
     }
+
+
+def _ask_each(names: list[str], find: Any, method: str, timeout_s: float) -> dict[str, Any]:
+    """Call `method` on every named actor at once; report each as ok, missing or unreachable."""
+    answers: dict[str, Any] = {}
+    pending = {}
+    for name in names:
+        handle = find(name)
+        if handle is None:
+            answers[name] = {"health": "missing"}
+        else:
+            pending[name] = getattr(handle, method).remote()
+    for name, reference in pending.items():
+        try:
+            answers[name] = {"health": "ok", **ray.get(reference, timeout=timeout_s)}
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
+            answers[name] = {"health": "unreachable", "error": type(error).__name__}
+    return {name: answers[name] for name in names}
 
 
 def down(spec: ClusterSpec, *, timeout_s: float = 30.0) -> list[str]:

@@ -3,7 +3,7 @@
 A store belongs to one data center and follows one replica, preferably the
 one in its own data center. It starts from that replica's latest snapshot and
 then pulls committed entries with a long poll (`committed_since`): the
-replica answers as soon as something new is applied, or after a wait. Pulling
+replica returns as soon as something new is applied, or after a wait. Pulling
 keeps entries in log order, which pushed actor calls would not, and a slow
 store never makes a replica buffer for it. A store that falls behind the
 replica's compacted log loads a fresh snapshot.
@@ -42,7 +42,7 @@ from rayconf.store.records import RangeRequest, RangeResponse
 
 logger = logging.getLogger(__name__)
 
-# Longest wait of one poll for new entries; it also bounds how stale an idle
+# Maximum wait of one poll for new entries; it also bounds how stale an idle
 # store's age reading gets, because the age is refreshed by each reply.
 POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
