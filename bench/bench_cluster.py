@@ -53,6 +53,8 @@ from rayconf.store.keys import validate_path
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 NAMESPACE = "rayconf-bench"
 TICK_MS = 50
+# RAYCONF_BENCH_LEASE_READS=1 measures the cluster with lease reads on.
+LEASE_READS = os.environ.get("RAYCONF_BENCH_LEASE_READS", "") == "1"
 RAY_CPUS = 2
 KEYS_MAX = 300
 VALUE_BYTES_MAX = 1024 * 1024
@@ -345,7 +347,7 @@ def run() -> dict[str, Any]:
     items, load = prepare_items(corpus)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rayconf-bench-") as data_directory:
-        spec = cluster.default_spec(data_directory, namespace=NAMESPACE, tick_ms=TICK_MS)
+        spec = cluster.default_spec(data_directory, namespace=NAMESPACE, tick_ms=TICK_MS, lease_reads=LEASE_READS)
         started = time.perf_counter()
         leader = final_leader = node_address = ""
         load_average_at_start = os.getloadavg()[0]
@@ -376,6 +378,7 @@ def run() -> dict[str, Any]:
             ray.shutdown()
     results["settings"] = {
         "tick_ms": TICK_MS,
+        "lease_reads": LEASE_READS,
         "replicas": len(spec.members()),
         "shard_stores": len(spec.stores()),
         "ray_cpus": RAY_CPUS,
