@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from rayconf.actors.raft.types import EntryType
-from rayconf.errors import InvalidRequest, RayconfError, Unavailable
-from rayconf.store import snapshot as mvcc_snapshot
-from rayconf.store.codec import decode_command
+from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
+from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.store.mvcc import MVCC
 from rayconf.store.records import RangeRequest, RangeResponse
 
@@ -46,7 +43,6 @@ logger = logging.getLogger(__name__)
 # store's age reading gets, because the age is refreshed by each reply.
 POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
-RETRY_DELAY_S = 0.2
 
 
 def store_actor_name(member: str) -> str:
@@ -80,15 +76,7 @@ class ShardStoreActor:
     # --- Following the committed stream. ---
 
     async def _follow(self) -> None:
-        while True:
-            for member in self.replicas:
-                try:
-                    await self._follow_replica(member)
-                except (ray.exceptions.RayActorError, ray.exceptions.RaySystemError, ValueError) as error:
-                    logger.warning("store %s lost replica %s: %s", self.name, member, type(error).__name__)
-                except RayconfError as error:
-                    logger.warning("store %s stopped following %s: %s", self.name, member, error)
-                await asyncio.sleep(RETRY_DELAY_S)
+        await follow_replicas("store", self.name, self.replicas, self._follow_replica)
 
     async def _follow_replica(self, member: str) -> None:
         from rayconf.actors.transport import replica_actor_name
@@ -101,34 +89,17 @@ class ShardStoreActor:
                 self._load_snapshot(reply["snapshot"])
                 continue
             for index, entry_type, data in reply["entries"]:
-                self._apply(index, entry_type, data)
+                apply_streamed_entry(self.state, index, entry_type, data)
             # The store is as fresh as its replica's last word from the leader.
             self.last_contact = time.monotonic() - reply["leader_age_ms"] / 1000
             async with self._progress:
                 self._progress.notify_all()
 
     def _load_snapshot(self, packed: bytes) -> None:
-        directory = mvcc_snapshot.unpack(packed, self._scratch)
-        self.state = mvcc_snapshot.load(directory)
+        self.state = load_streamed_snapshot(packed, self._scratch)
         self.snapshots_loaded += 1
-        for older in self._scratch.iterdir():
-            if older != directory:
-                shutil.rmtree(older, ignore_errors=True)
         logger.info("store %s loaded a snapshot at index %d, revision %d",
                     self.name, self.state.applied_index, self.state.revision)
-
-    def _apply(self, index: int, entry_type: str, data: bytes) -> None:
-        if index <= self.state.applied_index:
-            return
-        if entry_type != EntryType.NORMAL.value or not data:
-            self.state.apply(index, [])
-            return
-        try:
-            command = decode_command(data)
-        except InvalidRequest:
-            self.state.apply(index, [])
-            return
-        self.state.apply(index, [command])
 
     # --- Reads. ---
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import ray
 
-from rayconf.actors.raft.types import EntryType
+from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
 from rayconf.actors.watch_core import WatchHubCore
 from rayconf.actors.watch_records import (
     CancelReason,
@@ -41,9 +40,7 @@ from rayconf.actors.watch_records import (
     WatchCancel,
     WatchRequest,
 )
-from rayconf.errors import Compacted, InvalidRequest, RayconfError, Unavailable
-from rayconf.store import snapshot as mvcc_snapshot
-from rayconf.store.codec import decode_command
+from rayconf.errors import Compacted, InvalidRequest, Unavailable
 from rayconf.store.mvcc import MVCC
 from rayconf.store.records import TxnResponse
 
@@ -51,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 FOLLOW_WAIT_S = 1.0
 FOLLOW_ENTRIES_MAX = 1000
-RETRY_DELAY_S = 0.2
 # A poll waits at most this long, whatever the client requests, so a client
 # that vanished keeps no call open for long.
 POLL_WAIT_MAX_S = 10.0
@@ -102,15 +98,7 @@ class WatchHubActor:
     # --- Following the committed stream. ---
 
     async def _follow(self) -> None:
-        while True:
-            for member in self.replicas:
-                try:
-                    await self._follow_replica(member)
-                except (ray.exceptions.RayActorError, ray.exceptions.RaySystemError, ValueError) as error:
-                    logger.warning("hub %s lost replica %s: %s", self.name, member, type(error).__name__)
-                except RayconfError as error:
-                    logger.warning("hub %s stopped following %s: %s", self.name, member, error)
-                await asyncio.sleep(RETRY_DELAY_S)
+        await follow_replicas("hub", self.name, self.replicas, self._follow_replica)
 
     async def _follow_replica(self, member: str) -> None:
         from rayconf.actors.transport import replica_actor_name
@@ -135,27 +123,13 @@ class WatchHubActor:
                 self._applied.notify_all()
 
     def _load_snapshot(self, packed: bytes) -> None:
-        directory = mvcc_snapshot.unpack(packed, self._scratch)
-        self.state = mvcc_snapshot.load(directory)
+        self.state = load_streamed_snapshot(packed, self._scratch)
         self.core.reset(self.state)
-        for older in self._scratch.iterdir():
-            if older != directory:
-                shutil.rmtree(older, ignore_errors=True)
         logger.info("hub %s loaded a snapshot at index %d, revision %d",
                     self.name, self.state.applied_index, self.state.revision)
 
     def _apply(self, index: int, entry_type: str, data: bytes) -> None:
-        if index <= self.state.applied_index:
-            return
-        if entry_type != EntryType.NORMAL.value or not data:
-            self.state.apply(index, [])
-            return
-        try:
-            command = decode_command(data)
-        except InvalidRequest:
-            self.state.apply(index, [])
-            return
-        result = self.state.apply(index, [command])[0]
+        result = apply_streamed_entry(self.state, index, entry_type, data)
         if isinstance(result, TxnResponse) and result.events and not result.duplicate:
             self.core.apply_revision(result.revision, result.events)
 

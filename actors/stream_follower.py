@@ -1,0 +1,71 @@
+"""Following a replica's committed stream: the part that shard stores and watch hubs share.
+
+Both keep their own MVCC state, fed by `ReplicaActor.committed_since`. They
+apply each streamed entry the same way every replica does, load a packed
+snapshot when they fall behind the replica's compacted log, and move to the
+next replica on their list when the one they follow fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import ray
+
+from rayconf.actors.raft.types import EntryType
+from rayconf.errors import InvalidRequest, RayconfError
+from rayconf.store import snapshot as mvcc_snapshot
+from rayconf.store.codec import decode_command
+from rayconf.store.mvcc import MVCC, ApplyResult
+
+logger = logging.getLogger(__name__)
+
+# Pause before following the next replica after one failed.
+RETRY_DELAY_S = 0.2
+
+
+def apply_streamed_entry(state: MVCC, index: int, entry_type: str, data: bytes) -> ApplyResult | None:
+    """Apply one committed entry to `state`; return the command's result, or None for other entries.
+
+    Conf changes, the leader's empty entries and undecodable entries advance
+    the applied index without a command, as on the replicas themselves.
+    """
+    if index <= state.applied_index:
+        return None
+    if entry_type != EntryType.NORMAL.value or not data:
+        state.apply(index, [])
+        return None
+    try:
+        command = decode_command(data)
+    except InvalidRequest:
+        state.apply(index, [])
+        return None
+    return state.apply(index, [command])[0]
+
+
+def load_streamed_snapshot(packed: bytes, scratch: Path) -> MVCC:
+    """Unpack a snapshot from the replica into `scratch`, load it, and delete older snapshots there."""
+    directory = mvcc_snapshot.unpack(packed, scratch)
+    state = mvcc_snapshot.load(directory)
+    for older in scratch.iterdir():
+        if older != directory:
+            shutil.rmtree(older, ignore_errors=True)
+    return state
+
+
+async def follow_replicas(kind: str, name: str, replicas: list[str],
+                          follow_one: Callable[[str], Awaitable[None]]) -> None:
+    """Run `follow_one(member)` on each replica in turn, forever, moving on when one fails."""
+    while True:
+        for member in replicas:
+            try:
+                await follow_one(member)
+            except (ray.exceptions.RayActorError, ray.exceptions.RaySystemError, ValueError) as error:
+                logger.warning("%s %s lost replica %s: %s", kind, name, member, type(error).__name__)
+            except RayconfError as error:
+                logger.warning("%s %s stopped following %s: %s", kind, name, member, error)
+            await asyncio.sleep(RETRY_DELAY_S)
