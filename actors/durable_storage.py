@@ -5,7 +5,7 @@ A replica's data directory holds:
 - `wal/`: the write-ahead log (`rayconf.store.wal`) with three record types:
   log entries, hard states, and snapshot markers.
 - `snapshots/snapshot-<index>/`: MVCC snapshots (`rayconf.store.snapshot`), each
-  with `snapshot-<index>.raft.json` beside it, which holds the Raft metadata:
+  with `snapshot-<index>.raft.json` beside it, which contains the Raft metadata:
   index, term and membership.
 
 Reads go to an in-memory `MemoryStorage` that mirrors what is durable, so the
@@ -72,7 +72,7 @@ SNAPSHOTS_KEPT = 2
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
-    """What `DurableStorage.open` found on disk."""
+    """State that `DurableStorage.open` found on disk."""
 
     snapshot_directory: Path | None
     snapshot_metadata: SnapshotMetadata

@@ -73,7 +73,7 @@ class ReplicaSettings:
 
 @dataclass(slots=True)
 class ReadyOutcome:
-    """What one `process_ready` call produced for the caller."""
+    """Output of one `process_ready` call for the caller."""
 
     messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)

@@ -10,7 +10,7 @@ replica's compacted log loads a fresh snapshot.
 
 Reads:
 - "serializable": the store's state now, with its revision and its age, the
-  time since it last heard from its replica. It answers even when its data
+  time since it last heard from its replica. It serves reads even when its data
   center is cut off from the quorum.
 - bounded staleness (`max_staleness_ms`): as serializable, but only if the
   age is within the bound. Otherwise it waits for the next poll, up to the
@@ -39,8 +39,8 @@ from rayconf.store.records import RangeRequest, RangeResponse
 
 logger = logging.getLogger(__name__)
 
-# Maximum wait of one poll for new entries; it also bounds how stale an idle
-# store's age reading gets, because the age is refreshed by each reply.
+# Maximum wait of one poll for new entries. It also bounds how stale an idle
+# store's age reading gets, because each reply refreshes the age.
 POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
 

@@ -60,7 +60,7 @@ def throughput() -> dict[str, float]:
         live.get(key)
     dict_gets = rate(len(probes), started)
 
-    # Each prefix is the directory of a stored key, which holds 100 keys.
+    # Each prefix is the directory of a stored key, which contains 100 keys.
     prefixes = [key[: key.rindex(b"/") + 1] for key in probes[:20_000]]
     started = time.perf_counter()
     returned = 0
@@ -93,8 +93,8 @@ def resident_bytes() -> int:
 def memory_child(kind: str, corpus: str) -> dict[str, float]:
     """Run in a child process: load keys, return RSS growth per key beyond key and value bytes.
 
-    The growth includes the Python objects that hold each key and value, so
-    their headers count as overhead; only the key and value bytes do not.
+    The growth includes the Python objects that contain each key and value, so
+    their headers count as overhead. Only the key and value bytes do not.
     """
     # tracemalloc's own tables inflate the RSS, so one child measures RSS
     # (the million small keys) and the other traces allocations (the corpus,

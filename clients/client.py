@@ -3,7 +3,8 @@
 The client finds the leader, sends writes to it with a request id, and retries
 with jittered exponential backoff on `NotLeader`, `Unavailable` and dead
 actors. Retrying a write is safe because the state machine applies a request
-id at most once. Reads default to linearizable, and may go to any member.
+id at most once, as long as the id is among the `dedup_request_ids_max`
+latest ones it remembers. Reads default to linearizable, and may go to any member.
 
 Keys are paths, given as text (`"/app/x"`) or as UTF-8 bytes, and both are
 checked by the path rules. A range prefix given as bytes is used as it is.
@@ -134,7 +135,7 @@ class Client:
         return result
 
     def cas(self, key: str | bytes, expected: bytes | None, value: bytes, *, note: str = "") -> TxnResponse:
-        """Write `value` only if the key holds `expected` (None: only if the key is absent).
+        """Write `value` only if the key contains `expected` (None: only if the key is absent).
 
         Raises `TxnFailed` with the current value when the compare fails.
         """

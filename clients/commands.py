@@ -50,14 +50,14 @@ def join_ray(address: str, namespace: str) -> None:
 def check_reachable(address: str, timeout_s: float = 2.0) -> None:
     """Raise `ConnectionError` unless something accepts TCP connections at `address`.
 
-    Ray retries an unreachable address for minutes; this answers at once.
+    Ray retries an unreachable address for minutes, and this check fails at once.
     """
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except (OSError, ValueError) as error:
-        raise ConnectionError(f"nothing answers at {address}: {error}") from error
+        raise ConnectionError(f"no server accepts connections at {address}: {error}") from error
 
 
 def connect(arguments: argparse.Namespace) -> Client:

@@ -123,7 +123,7 @@ class Unavailable(RayconfError):
 
 
 class NotLeader(Unavailable):
-    """The member that was asked is not the leader; `leader_hint` names the one it knows."""
+    """The member that was asked is not the leader; `leader_hint` names the leader it last heard from, if any."""
 
     def __init__(self, message: str, *, leader_hint: str | None = None) -> None:
         super().__init__(message)

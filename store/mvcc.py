@@ -7,9 +7,9 @@ least one key gets exactly one new revision, shared by all its events. As in
 etcd, a txn that changes nothing leaves the revision where it was: only reads,
 a failed compare with an empty else branch, or a delete of a missing key.
 
-Bad commands are rejected before they touch anything, and the rejection is a
+Bad commands are rejected before they touch anything. The rejection is a
 value in the result list rather than an exception, so one bad command in a
-batch does not stop the others and every replica rejects it the same way.
+batch does not stop the others, and every replica rejects it the same way.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class MVCC:
             elif isinstance(operation, DeleteRange):
                 responses.append(self._delete_range(operation, new_revision, events))
             else:
-                # A read of the live state sees this txn's earlier writes, so it
+                # A read of the live state includes this txn's earlier writes, so it
                 # reports the revision those writes will have.
                 revision = operation.revision or (new_revision if events else self.revision)
                 responses.append(reads.range_at(self, operation, revision, live=operation.revision == 0))

@@ -3,7 +3,7 @@
 Revision fields follow etcd: `create_revision` is the revision that created
 the key (reset by a delete and a new put), `mod_revision` the revision of its
 latest change, `version` 1 on create and +1 per put. A deleted key has no
-record; its delete shows as an `Event` of type DELETE whose `kv` carries the
+record. Its delete shows as an `Event` of type DELETE whose `kv` carries the
 key and the delete revision, with the other fields zero.
 """
 
@@ -32,7 +32,7 @@ class EventType(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One change of one key at one revision, as a watcher or history sees it."""
+    """One change of one key at one revision, as watches and history report it."""
 
     type: EventType
     kv: KeyValue
@@ -41,7 +41,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class ChangeRecord:
-    """Who made a revision, when by the leader's wall clock, and why."""
+    """Change record of a revision: who made it, when by the leader's wall clock, and why."""
 
     revision: int
     principal: str

@@ -3,7 +3,7 @@
 A segment has two tables. `versions` has one row per superseded version or
 tombstone, sorted by (key, revision); `changes` has one change record per
 revision, sorted by revision. On disk each table is an Arrow IPC file whose
-record batches are compressed with LZ4 frames; in memory the tables are
+record batches are compressed with LZ4 frames. In memory the tables are
 decompressed once at load, so lookups cost no I/O.
 
 Segments are ordered by age: every version in a newer segment was superseded

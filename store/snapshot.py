@@ -135,10 +135,10 @@ def save(state: MVCC, parent: Path) -> Path:
 def load(directory: Path | str, limits: Limits | None = None) -> MVCC:
     """Build an MVCC state from the snapshot in `directory`, checking everything first.
 
-    Every file named in the manifest must match its size and SHA-256, the
-    manifest must name exactly the files a snapshot has, and the tables must
-    hold what the manifest promises (no nulls, sorted unique live keys, no
-    revision above the snapshot's). Any mismatch raises `SnapshotCorruption`.
+    Every file named in the manifest must match its size and SHA-256, and the
+    manifest must name exactly the files a snapshot has. The tables must
+    contain what the manifest promises: no nulls, sorted unique live keys, and
+    no revision above the snapshot's. Any mismatch raises `SnapshotCorruption`.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)

@@ -169,7 +169,7 @@ def _check_no_overlap(branch_name: str, branch: tuple[Operation, ...]) -> None:
     """Reject a branch that writes one key twice, as etcd does.
 
     With this rule every key changes at most once per revision, so a revision
-    holds at most one version of each key.
+    has at most one version of each key.
     """
     put_keys: set[bytes] = set()
     deletes: list[DeleteRange] = []

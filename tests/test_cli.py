@@ -81,7 +81,8 @@ def test_put_get_history_ls(server: Server) -> None:
     assert server.run("get", "/app/db/timeout").stdout == "45\n"
     record = json.loads(server.run("get", "/app/db/timeout", "-o", "json").stdout)
     assert {"key", "value", "create_revision", "mod_revision", "version"} <= set(record)
-    assert record["value"] == "45" and record["version"] == 2
+    assert record["value"] == "45"
+    assert record["version"] == 2
     assert server.run("ls", "/app/").stdout.split() == ["cache/", "db/"]
     history = server.run("history", "/app/db/timeout", "-o", "json").stdout.splitlines()
     entries = [json.loads(line) for line in history]
@@ -110,11 +111,14 @@ def test_txn_and_cas(server: Server) -> None:
 
 def test_bad_input_is_rejected(server: Server) -> None:
     bad_path = server.run("put", "/bad//path", "x", check=False)
-    assert bad_path.returncode == 1 and "InvalidKey" in bad_path.stderr
+    assert bad_path.returncode == 1
+    assert "InvalidKey" in bad_path.stderr
     bad_txn = server.run("txn", stdin="{not json", check=False)
-    assert bad_txn.returncode == 1 and "InvalidRequest" in bad_txn.stderr
+    assert bad_txn.returncode == 1
+    assert "InvalidRequest" in bad_txn.stderr
     missing = server.run("get", "/never/written", check=False)
-    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus folder {CORPUS} not found")
@@ -167,31 +171,38 @@ def test_import_checks_every_file_first(server: Server, tmp_path: Path) -> None:
     (source / "bad\x01name").write_text("x")
     (source / "link.yaml").symlink_to(source / "ok-0.yaml")
     failed = server.run("import", str(source), "--prefix", "/imp", check=False)
-    assert failed.returncode == 1 and "InvalidKey" in failed.stderr and "Nothing was imported" in failed.stderr
+    assert failed.returncode == 1
+    assert "InvalidKey" in failed.stderr
+    assert "Nothing was imported" in failed.stderr
     assert server.run("get", "/imp/", "--prefix").stdout == ""
     (source / "bad\x01name").unlink()
     imported = server.run("import", str(source), "--prefix", "/imp").stdout
-    assert "imported 5 keys" in imported and "skipped 1 symbolic links" in imported
+    assert "imported 5 keys" in imported
+    assert "skipped 1 symbolic links" in imported
 
 
 def test_export_refuses_file_and_directory_clash(server: Server, tmp_path: Path) -> None:
     server.run("put", "/clash/a", "file")
     server.run("put", "/clash/a/b", "nested")
     failed = server.run("export", "/clash", str(tmp_path / "out"), check=False)
-    assert failed.returncode == 1 and "both a file and a directory" in failed.stderr
+    assert failed.returncode == 1
+    assert "both a file and a directory" in failed.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_local_file_errors_are_reported(server: Server, tmp_path: Path) -> None:
     missing = server.run("put", "/f/x", "--file", str(tmp_path / "missing"), check=False)
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.stderr
     directory = server.run("put", "/f/x", "--file", str(tmp_path), check=False)
-    assert directory.returncode == 1 and "Traceback" not in directory.stderr
+    assert directory.returncode == 1
+    assert "Traceback" not in directory.stderr
 
 
 def test_unreachable_address_fails_fast(tmp_path: Path) -> None:
     started = time.monotonic()
     result = subprocess.run(RAYCONF + ["get", "/x", "--address", "127.0.0.1:1", "--namespace", "nobody"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "Unavailable" in result.stderr
+    assert result.returncode == 1
+    assert "Unavailable" in result.stderr
     assert time.monotonic() - started < 30

@@ -103,7 +103,8 @@ def test_retried_request_applies_once() -> None:
     assert retry.revision == first.revision
     assert state.revision == first.revision
     kv = state.get(b"/counter")
-    assert kv is not None and kv.version == 1
+    assert kv is not None
+    assert kv.version == 1
 
 
 def test_request_id_window_forgets_oldest() -> None:
@@ -152,7 +153,8 @@ def test_read_below_compaction_raises_compacted() -> None:
     assert raised.value.compact_revision == 4
     assert raised.value.requested_revision == 3
     kv = state.get(b"/k", revision=4)
-    assert kv is not None and kv.value == b"2"
+    assert kv is not None
+    assert kv.value == b"2"
     with pytest.raises(Compacted):
         state.events(4)
     with pytest.raises(Compacted):
@@ -189,7 +191,8 @@ def test_history_records_who_and_why() -> None:
     assert [(h.change.principal, h.change.note) for h in history if h.change] == [
         ("alice", "raise for batch jobs"), ("bob", "use the default")]
     assert history[1].event.type is EventType.DELETE
-    assert history[1].event.prev_kv is not None and history[1].event.prev_kv.value == b"30"
+    assert history[1].event.prev_kv is not None
+    assert history[1].event.prev_kv.value == b"30"
     assert state.history(b"/db/timeout", limit=1) == history[1:]
 
 
@@ -225,7 +228,8 @@ def test_bad_command_changes_nothing(command: Command, error: type[RayconfError]
     assert isinstance(result, error)
     assert str(result)
     assert (state.hash_kv(), state.revision) == before[:2]
-    assert state.get(b"/k") is not None and state.get(b"/k").value == b"stored"  # type: ignore[union-attr]
+    assert state.get(b"/k") is not None
+    assert state.get(b"/k").value == b"stored"  # type: ignore[union-attr]
 
 
 def test_value_too_large_names_size_and_fix() -> None:
@@ -233,7 +237,9 @@ def test_value_too_large_names_size_and_fix() -> None:
     with pytest.raises(ValueTooLarge) as raised:
         state.put(b"/app/x", b"x" * int(12.4 * MIB))
     message = str(raised.value)
-    assert "12.4 MiB" in message and "10.0 MiB" in message and "max_value_bytes" in message
+    assert "12.4 MiB" in message
+    assert "10.0 MiB" in message
+    assert "max_value_bytes" in message
     assert raised.value.size_bytes == int(12.4 * MIB)
 
 
@@ -243,7 +249,8 @@ def test_bad_command_in_batch_spares_others() -> None:
                               Command(Txn(success=(Put(b"", b"bad"),))),
                               Command(Txn(success=(Put(b"/b", b"2"),)))])
     assert isinstance(results[1], InvalidKey)
-    assert state.get(b"/a") is not None and state.get(b"/b") is not None
+    assert state.get(b"/a") is not None
+    assert state.get(b"/b") is not None
 
 
 def test_apply_rejects_old_index() -> None:
@@ -300,7 +307,8 @@ def test_bad_header_rejected_in_its_slot(header: dict) -> None:
     assert isinstance(results[0], InvalidRequest)
     assert not isinstance(results[1], RayconfError)
     kv = state.get(b"/k")
-    assert kv is not None and kv.value == b"1"
+    assert kv is not None
+    assert kv.value == b"1"
     for number in range(5):
         state.put(b"/k", str(number).encode())
     assert state.statistics()["segments"] >= 1
@@ -321,7 +329,8 @@ def test_bad_compare_rejected(compare: Compare) -> None:
     result = state.apply(state.applied_index + 1, [Command(Txn(compares=(compare,), success=(Put(b"/k", b"9"),)))])
     assert isinstance(result[0], InvalidRequest)
     kv = state.get(b"/k")
-    assert kv is not None and kv.value == b"1"
+    assert kv is not None
+    assert kv.value == b"1"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The MVCC engine and a plain model, driven side by side by hypothesis.
 
-The model keeps every version ever written in one list and answers each read
+The model keeps every version ever written in one list and serves each read
 by replaying it, which is slow but obviously right. The engine runs with a
 tiny tail and segment limit so that flushes and segment merges happen all the
 time. Every operation's result, or its error type, must match.

@@ -17,9 +17,11 @@ def test_full_document_parses() -> None:
         "success": [{"put": "/a", "value_base64": "AP8="}, {"delete": "/b/", "prefix": True}],
         "failure": [{"get": "/a"}],
     }))
-    assert txn.compares[0].target is CompareTarget.VERSION and txn.compares[0].op is CompareOp.GREATER
+    assert txn.compares[0].target is CompareTarget.VERSION
+    assert txn.compares[0].op is CompareOp.GREATER
     assert txn.success[0] == Put(b"/a", b"\x00\xff")
-    assert isinstance(txn.success[1], DeleteRange) and txn.success[1].range_end == b"/b0"
+    assert isinstance(txn.success[1], DeleteRange)
+    assert txn.success[1].range_end == b"/b0"
     assert txn.failure[0] == RangeRequest(b"/a")
 
 
