@@ -149,6 +149,9 @@ def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
     """
     use_loopback()
     ray.init(
+        # "local" starts a new instance even when another one runs on this
+        # machine; without it, Ray attaches to the newest instance it finds.
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         namespace=spec.namespace,
