@@ -104,7 +104,7 @@ class ClusterSpec:
 
 
 def default_spec(data_directory: str = "./rayconf-data", namespace: str = DEFAULT_NAMESPACE,
-                 tick_ms: int = 50, lease_reads: bool = False) -> ClusterSpec:
+                 tick_ms: int = 50, lease_reads: bool = True) -> ClusterSpec:
     """Return the embedded default: dc-a, dc-b and dc-c with one voter, shard store and watch hub each."""
     return ClusterSpec(
         data_centers=tuple(DataCenter(name, voters=(f"{name}-1",), stores=1, hubs=1) for name in ("dc-a", "dc-b", "dc-c")),
@@ -141,6 +141,23 @@ def is_local_address(address: str) -> bool:
     return address == "auto" or host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
+# Ray returns call results up to this size inside the reply and puts larger
+# ones in its object store, which costs a store write and a fetch. With Ray's
+# default of 100 KiB, a batch of 64 reads of 14 KB files goes through the
+# object store, and its round trip doubles. Read batches and committed-stream
+# replies stay well below this value.
+RAY_INLINE_RESULT_BYTES_MAX = 4 * 1024 * 1024
+
+
+def ray_system_config() -> dict[str, int]:
+    """Return the Ray system settings rayconf wants on the Ray instances it starts.
+
+    For a Ray cluster started with `ray start`, pass the same settings with
+    `--system-config` on the head node.
+    """
+    return {"max_direct_call_object_size": RAY_INLINE_RESULT_BYTES_MAX}
+
+
 def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
     """Start a local Ray instance that offers every data center resource of `spec`.
 
@@ -159,6 +176,7 @@ def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
         log_to_driver=False,
         logging_level=logging.ERROR,
         _node_ip_address="127.0.0.1",
+        _system_config=ray_system_config(),
     )
 
 
@@ -251,6 +269,26 @@ def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
         "hubs": hub_statistics,
         "auth": "disabled",
     }
+
+
+def set_faults(spec: ClusterSpec, blocked: list[tuple[str, str]], *, drop_probability: float = 0.0,
+               delay_ms: int = 0, seed: int = 0) -> None:
+    """Set the same fault filter on every replica and store of `spec`; empty arguments clear it.
+
+    `blocked` contains ordered (from, to) member pairs. Replicas drop their Raft
+    messages between them; a store blocks its direct ReadIndex calls for the
+    pairs that name the replica it follows.
+    """
+    calls = []
+    for member in spec.members():
+        handle = find_replica(spec, member)
+        if handle is not None:
+            calls.append(handle.set_faults.remote(blocked, drop_probability, delay_ms, seed))
+    for store in spec.stores():
+        handle = find_store(spec, store)
+        if handle is not None:
+            calls.append(handle.set_faults.remote(blocked))
+    ray.get(calls)
 
 
 def _ask_each(names: list[str], find: Any, method: str, timeout_s: float) -> dict[str, Any]:

@@ -78,6 +78,8 @@ class ReplicaActor:
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._started = time.monotonic()
+        # When the core is due its next tick, on the monotonic clock.
+        self._next_tick = self._started + self.tick_s
         # When a leader's append, heartbeat or snapshot last arrived; 0 for never.
         self._leader_contact = 0.0
         self._loop_task = asyncio.get_event_loop().create_task(self._run())
@@ -86,23 +88,32 @@ class ReplicaActor:
     # --- The loop. ---
 
     async def _run(self) -> None:
-        next_tick = time.monotonic() + self.tick_s
         while True:
-            timeout = max(0.0, next_tick - time.monotonic())
+            timeout = max(0.0, self._next_tick - time.monotonic())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            now = time.monotonic()
-            while now >= next_tick:
-                self.core.tick()
-                next_tick += self.tick_s
+            self._advance_clock()
             try:
                 self._drain()
             except RayconfError:
                 logger.exception("replica %s failed to process a Ready", self.member)
                 raise
+
+    def _advance_clock(self) -> None:
+        """Tick the core once for every tick period that has passed on the monotonic clock.
+
+        Ticks follow elapsed time, not the loop's wake-ups: after the process
+        was paused (SIGSTOP, a long GC pause) or its loop was blocked, the core
+        catches up at once. Reads call this before asking for a ReadIndex, so
+        a leader never judges its lease with a clock that stood still.
+        """
+        now = time.monotonic()
+        while now >= self._next_tick:
+            self.core.tick()
+            self._next_tick += self.tick_s
 
     def _drain(self) -> None:
         for _ in range(READY_ROUNDS_MAX):
@@ -213,21 +224,27 @@ class ReplicaActor:
 
         Returns {"snapshot": packed bytes, "entries": []} when the entries after
         `after_index` are already compacted, so the caller must load the snapshot.
+        Every reply also names the leader this member follows and the member
+        pairs its fault filter blocks, so a store can reach the leader directly
+        and still respect the partitions that tests and the nemesis set.
         """
         storage = self.core.storage
         if after_index + 1 < storage.first_index():
-            return {"snapshot": storage.snapshot().data, "entries": [], "leader_age_ms": self.leader_age_ms()}
+            return self._stream_reply(storage.snapshot().data, [])
         if self.core.state.applied_index <= after_index:
             try:
                 await asyncio.wait_for(self._wait_applied(after_index + 1), timeout=wait_s)
             except asyncio.TimeoutError:
-                return {"snapshot": None, "entries": [], "leader_age_ms": self.leader_age_ms()}
+                return self._stream_reply(None, [])
             if after_index + 1 < storage.first_index():
-                return {"snapshot": storage.snapshot().data, "entries": [], "leader_age_ms": self.leader_age_ms()}
+                return self._stream_reply(storage.snapshot().data, [])
         high = min(self.core.state.applied_index, after_index + entries_max) + 1
         entries = storage.entries(after_index + 1, high, STREAM_BYTES_MAX)
-        return {"snapshot": None, "entries": [(entry.index, entry.type.value, entry.data) for entry in entries],
-                "leader_age_ms": self.leader_age_ms()}
+        return self._stream_reply(None, [(entry.index, entry.type.value, entry.data) for entry in entries])
+
+    def _stream_reply(self, snapshot: bytes | None, entries: list[tuple[int, str, bytes]]) -> dict[str, Any]:
+        return {"snapshot": snapshot, "entries": entries, "leader_age_ms": self.leader_age_ms(),
+                "leader": self.core.leader, "blocked": sorted(self.transport.faults.blocked)}
 
     async def _confirm_read_index(self, timeout_s: float) -> None:
         index = await self._read_index(timeout_s)
@@ -242,6 +259,7 @@ class ReplicaActor:
         context = uuid.uuid4().bytes
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[context] = future
+        self._advance_clock()
         try:
             self.core.read_index(context)
         except RayconfError as error:

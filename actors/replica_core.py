@@ -64,9 +64,11 @@ class ReplicaSettings:
     pre_vote: bool = True
     check_quorum: bool = True
     # Serve ReadIndex from the leader's lease, without a heartbeat round per
-    # batch of reads. Faster, but it relies on bounded clock drift between
-    # members (see the Raft core's lease_drift_margin_ticks), so it is opt-in.
-    lease_reads: bool = False
+    # batch of reads. It relies on the members' clocks running at about the
+    # same rate (see the Raft core's lease_drift_margin_ticks); the replica
+    # actor ticks by the monotonic clock, so a paused process does not stretch
+    # the lease. False confirms every batch with a heartbeat round.
+    lease_reads: bool = True
     max_inflight_msgs: int = 256
     max_size_per_msg_bytes: int = 1024 * 1024
 

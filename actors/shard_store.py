@@ -15,8 +15,18 @@ Reads:
 - bounded staleness (`max_staleness_ms`): as serializable, but only if the
   age is within the bound. Otherwise it waits for the next poll, up to the
   timeout, then raises `Unavailable`.
-- "linearizable": asks the replica for a ReadIndex, which the leader
-  confirms with a quorum, then waits until the store has applied that index.
+- "linearizable": asks the leader for a ReadIndex, then waits until the
+  store has applied that index. The leader replies from its lease, or confirms
+  with a heartbeat round to a quorum when lease reads are off.
+
+The ReadIndex request goes straight to the leader that the followed replica
+names, which saves the replica's forwarding hop. When the store is cut off
+from the leader (its own fault filter, or the followed replica's, blocks the
+pair) or the leader call fails, the request goes to the followed replica,
+which forwards it through Raft. Reads waiting at the same time share one
+ReadIndex call: a read joins the next call that starts after it arrived, never
+one already in flight, because that call may have been answered before the
+read began.
 
 Every read may carry `min_revision`: the store waits until it has applied
 that revision, which gives a client read-your-writes in any data center.
@@ -33,7 +43,8 @@ from typing import Any
 import ray
 
 from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
-from rayconf.errors import InvalidRequest, Unavailable
+from rayconf.actors.transport import replica_actor_name
+from rayconf.errors import InvalidRequest, NotLeader, Unavailable
 from rayconf.store.mvcc import MVCC
 from rayconf.store.records import RangeRequest, RangeResponse
 
@@ -66,6 +77,19 @@ class ShardStoreActor:
         self.snapshots_loaded = 0
         # When the followed replica last heard from a leader, as of its latest reply.
         self.last_contact = 0.0
+        # The leader the followed replica named in its latest reply; "" for none known.
+        self.leader = ""
+        # Blocked (from, to) member pairs: the followed replica's fault filter,
+        # as of its latest reply, and the filter set on this store.
+        self.replica_blocked: set[tuple[str, str]] = set()
+        self.own_blocked: set[tuple[str, str]] = set()
+        # Reads that arrived since the ReadIndex call in flight started. Their
+        # number is bounded by the actor's concurrent calls (Ray's
+        # max_concurrency for async actors).
+        self._index_waiters: list[asyncio.Future[int]] = []
+        self._index_calls_running = False
+        self.read_index_calls = 0
+        self.read_index_direct_calls = 0
         self._progress = asyncio.Condition()
         # Snapshots received from the replica; only the newest is kept.
         self._scratch = Path(data_directory) / "stores" / name
@@ -79,8 +103,6 @@ class ShardStoreActor:
         await follow_replicas("store", self.name, self.replicas, self._follow_replica)
 
     async def _follow_replica(self, member: str) -> None:
-        from rayconf.actors.transport import replica_actor_name
-
         handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
         self.following = member
         while True:
@@ -92,6 +114,8 @@ class ShardStoreActor:
                 apply_streamed_entry(self.state, index, entry_type, data)
             # The store is as fresh as its replica's last word from the leader.
             self.last_contact = time.monotonic() - reply["leader_age_ms"] / 1000
+            self.leader = reply["leader"]
+            self.replica_blocked = set(map(tuple, reply["blocked"]))
             async with self._progress:
                 self._progress.notify_all()
 
@@ -134,8 +158,51 @@ class ShardStoreActor:
         return results
 
     async def _read_index(self, timeout_s: float) -> int:
-        from rayconf.actors.transport import replica_actor_name
+        """Return a ReadIndex from a call that started after this read arrived."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._index_waiters.append(future)
+        if not self._index_calls_running:
+            self._index_calls_running = True
+            asyncio.ensure_future(self._run_index_calls(timeout_s))
+        return await future
 
+    async def _run_index_calls(self, timeout_s: float) -> None:
+        """Make ReadIndex calls one after another while reads wait, each serving all that wait."""
+        try:
+            while self._index_waiters:
+                waiters, self._index_waiters = self._index_waiters, []
+                self.read_index_calls += 1
+                try:
+                    index = await self._ask_read_index(timeout_s)
+                except Exception as error:  # every waiter gets the same failure
+                    for future in waiters:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(index)
+        finally:
+            self._index_calls_running = False
+
+    async def _ask_read_index(self, timeout_s: float) -> int:
+        leader = self.leader
+        if leader and leader != self.following and not self._cut_off(self.following, leader):
+            try:
+                handle = ray.get_actor(replica_actor_name(leader), namespace=self.namespace)
+                index: int = await handle.read_index.remote(timeout_s)
+                self.read_index_direct_calls += 1
+                return index
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, Unavailable):
+                    raise error.cause from None
+                if not isinstance(error.cause, NotLeader):
+                    raise
+            except (ValueError, ray.exceptions.RayActorError):
+                pass  # the leader's actor is gone; fall back to the followed replica
+        return await self._ask_followed_replica(timeout_s)
+
+    async def _ask_followed_replica(self, timeout_s: float) -> int:
         for member in self.replicas:
             try:
                 handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
@@ -148,6 +215,18 @@ class ShardStoreActor:
                     raise error.cause from None
                 raise
         raise Unavailable(f"store {self.name} found no replica to confirm a linearizable read")
+
+    def _cut_off(self, member: str, other: str) -> bool:
+        blocked = self.own_blocked | self.replica_blocked
+        return (member, other) in blocked or (other, member) in blocked
+
+    async def set_faults(self, blocked: list[tuple[str, str]]) -> None:
+        """Block the store's direct calls between these member pairs; an empty list clears it.
+
+        The store speaks for the replica it follows: a pair that names that
+        replica and the leader keeps the store from asking the leader directly.
+        """
+        self.own_blocked = set(map(tuple, blocked))  # type: ignore[arg-type]
 
     async def _wait(self, ready: Any, deadline: float, what: str) -> None:
         async with self._progress:
@@ -175,4 +254,7 @@ class ShardStoreActor:
             "revision": self.state.revision,
             "age_ms": self.age_ms(),
             "snapshots_loaded": self.snapshots_loaded,
+            "leader": self.leader,
+            "read_index_calls": self.read_index_calls,
+            "read_index_direct_calls": self.read_index_direct_calls,
         }

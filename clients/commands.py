@@ -32,7 +32,7 @@ SERVE_PID_FILE = "serve.pid"
 
 def spec_of(arguments: argparse.Namespace) -> ClusterSpec:
     return cluster.default_spec(arguments.data_dir, arguments.namespace, getattr(arguments, "tick_ms", 50),
-                                getattr(arguments, "lease_reads", False))
+                                getattr(arguments, "lease_reads", True))
 
 
 def join_ray(address: str, namespace: str) -> None:
@@ -133,7 +133,7 @@ def start_background_server(arguments: argparse.Namespace, spec: ClusterSpec) ->
     log_path = data / "serve.log"
     command = [sys.executable, "-m", "rayconf", "serve", "--data-dir", str(data), "--namespace",
                spec.namespace, "--tick-ms", str(arguments.tick_ms), "--num-cpus", str(arguments.num_cpus),
-               *(["--lease-reads"] if arguments.lease_reads else []),
+               *([] if arguments.lease_reads else ["--no-lease-reads"]),
                "--timeout", str(arguments.timeout)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

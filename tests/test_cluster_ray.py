@@ -129,7 +129,7 @@ def test_down_and_up_recovers_data(spec: ClusterSpec, client: Client) -> None:
 
 
 def _set_blocked(spec: ClusterSpec, blocked: list[tuple[str, str]]) -> None:
-    ray.get([cluster.find_replica(spec, member).set_faults.remote(blocked) for member in spec.members()])
+    cluster.set_faults(spec, blocked)
 
 
 def test_cut_off_data_center_serves_stale_reads(spec: ClusterSpec, client: Client) -> None:

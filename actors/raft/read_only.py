@@ -23,8 +23,10 @@ election timeout; and a leader that has sent MsgTimeoutNow, which voters obey
 despite the lease, stops using its lease for the rest of its term.
 
 NOTE: lease reads assume that over one election timeout the tick counts of two
-members differ by less than `lease_drift_margin_ticks`; a paused or slow ticker
-breaks that and can make a lease read stale.
+members differ by less than `lease_drift_margin_ticks`. A ticker that falls
+behind real time breaks that and can make a lease read stale, so a driver must
+derive ticks from a monotonic clock and catch up before each read, as the
+replica actor does.
 """
 
 from __future__ import annotations

@@ -1,0 +1,164 @@
+"""Linearizable reads on a real local Ray instance: the store's path to the leader and the lease.
+
+Stores ask the leader for a ReadIndex directly, share one call between the
+reads waiting at the same time, and honour the partitions of the fault
+filter. The leader answers from its lease by default, and a pause of its
+process must not stretch that lease.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import pytest
+import ray
+
+from rayconf.actors import cluster
+from rayconf.actors.cluster import ClusterSpec
+from rayconf.clients.client import Client
+from rayconf.errors import NotLeader, Unavailable
+from rayconf.store.records import RangeRequest
+
+TICK_MS = 20
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
+    data = tmp_path_factory.mktemp("rayconf-data")
+    built = cluster.default_spec(str(data), namespace="rayconf-test-reads", tick_ms=TICK_MS)
+    assert built.settings.lease_reads, "lease reads are the default"
+    cluster.start_local_ray(built, num_cpus=2)
+    try:
+        cluster.up(built)
+        yield built
+    finally:
+        cluster.down(built)
+        ray.shutdown()
+
+
+@pytest.fixture
+def client(spec: ClusterSpec) -> Client:
+    return Client(spec, timeout_s=20.0, principal="tester")
+
+
+def _leader(spec: ClusterSpec) -> str:
+    deadline = time.monotonic() + 20
+    while True:
+        leader: str = cluster.status(spec)["leader"]
+        if leader:
+            return leader
+        assert time.monotonic() < deadline, "no leader within 20 s"
+        time.sleep(0.1)
+
+
+def _store_status(spec: ClusterSpec, store: str) -> dict[str, Any]:
+    status: dict[str, Any] = ray.get(cluster.find_store(spec, store).status.remote())
+    return status
+
+
+def _other_data_center(spec: ClusterSpec, member: str) -> str:
+    return next(dc.name for dc in spec.data_centers if dc.name != spec.data_center_of(member))
+
+
+def _wait_for_store_leader(spec: ClusterSpec, store: str, leader: str) -> None:
+    deadline = time.monotonic() + 10
+    while _store_status(spec, store)["leader"] != leader:
+        assert time.monotonic() < deadline, f"store {store} never learned that {leader} leads"
+        time.sleep(0.05)
+
+
+def test_store_asks_a_remote_leader_directly(spec: ClusterSpec, client: Client) -> None:
+    leader = _leader(spec)
+    data_center = _other_data_center(spec, leader)
+    store = spec.stores_in(data_center)[0]
+    _wait_for_store_leader(spec, store, leader)
+    before = _store_status(spec, store)["read_index_direct_calls"]
+
+    written = client.put("/reads/direct", b"v1")
+    reader = Client(spec, data_center=data_center, timeout_s=10.0, session=False)
+    for _ in range(5):
+        kv = reader.get("/reads/direct")
+        assert kv is not None and kv.value == b"v1"
+        assert reader.last_read["revision"] >= written.revision
+
+    assert _store_status(spec, store)["read_index_direct_calls"] >= before + 5
+
+
+def test_reads_waiting_together_share_a_read_index_call(spec: ClusterSpec, client: Client) -> None:
+    written = client.put("/reads/shared", b"shared")
+    store_name = spec.stores_in(spec.data_centers[0].name)[0]
+    store = cluster.find_store(spec, store_name)
+    before = _store_status(spec, store_name)["read_index_calls"]
+
+    calls = 60
+    replies = ray.get([store.read.remote(RangeRequest(b"/reads/shared")) for _ in range(calls)])
+
+    for reply in replies:
+        assert [kv.value for kv in reply["response"].kvs] == [b"shared"]
+        assert reply["response"].revision >= written.revision
+    index_calls = _store_status(spec, store_name)["read_index_calls"] - before
+    assert 1 <= index_calls < calls // 2
+
+
+def test_store_honours_a_partition_set_on_replicas_alone(spec: ClusterSpec, client: Client) -> None:
+    # The nemesis may cut the network on the replicas only. A store learns the
+    # followed replica's filter from its stream replies, so it stops asking the
+    # leader directly from a data center that cannot reach it.
+    leader = _leader(spec)
+    data_center = _other_data_center(spec, leader)
+    cut = [(a, b) for a in spec.members() for b in spec.members()
+           if a != b and data_center in (spec.data_center_of(a), spec.data_center_of(b))]
+    reader = Client(spec, data_center=data_center, timeout_s=2.0, session=False)
+    ray.get([cluster.find_replica(spec, member).set_faults.remote(cut) for member in spec.members()])
+    try:
+        time.sleep(1.0)  # longer than one poll of the store
+        with pytest.raises(Unavailable):
+            reader.get("/reads/direct")
+    finally:
+        ray.get([cluster.find_replica(spec, member).set_faults.remote([]) for member in spec.members()])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            reader.get("/reads/direct")
+            break
+        except Unavailable:
+            assert time.monotonic() < deadline, f"{data_center} did not recover after healing"
+
+
+def _pid(handle: Any) -> int:
+    pid: int = ray.get(handle.__ray_call__.remote(lambda actor: os.getpid()))
+    return pid
+
+
+def test_paused_leader_serves_no_stale_lease_read_after_it_resumes(spec: ClusterSpec, client: Client) -> None:
+    # A leader process stopped for much longer than the election timeout loses
+    # its lease while it sleeps, and the other voters elect a new leader that
+    # takes writes. When the old leader resumes, the first call it runs may be
+    # a read that was queued during the pause; its lease must be judged by the
+    # time that passed, not by the ticks its stopped loop did not count.
+    client.put("/reads/paused", b"old")
+    old_leader = _leader(spec)
+    handle = cluster.find_replica(spec, old_leader)
+    pid = _pid(handle)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # A new client, so the write does not wait on the stopped leader it knew.
+        written = Client(spec, timeout_s=20.0).put("/reads/paused", b"new")
+        queued_reads = [handle.read.remote(RangeRequest(b"/reads/paused"), "linearizable", 5.0) for _ in range(3)]
+        time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for reference in queued_reads:
+        try:
+            response = ray.get(reference, timeout=30)
+        except ray.exceptions.RayTaskError as error:
+            assert isinstance(error.cause, (NotLeader, Unavailable)), error
+            continue
+        assert [kv.value for kv in response.kvs] == [b"new"]
+        assert response.revision >= written.revision
+    current = client.get("/reads/paused")
+    assert current is not None and current.value == b"new"
+
