@@ -206,9 +206,12 @@ def command_status(arguments: argparse.Namespace) -> int:
 def command_put(arguments: argparse.Namespace) -> int:
     if (arguments.value is None) == (arguments.file is None):
         raise InvalidRequest("give the value either as an argument or with --file PATH, not both")
-    value = arguments.file.read_bytes() if arguments.file else arguments.value.encode("utf-8")
     client = connect(arguments)
-    response = client.put(arguments.key, value, note=arguments.note)
+    if arguments.file:
+        # Read one chunk at a time, so a 10 MiB file is never held whole here.
+        response = client.put_file(arguments.key, arguments.file, note=arguments.note)
+    else:
+        response = client.put(arguments.key, arguments.value.encode("utf-8"), note=arguments.note)
     print_record(arguments, {"key": arguments.key, "revision": response.revision}, f"OK revision {response.revision}")
     return 0
 
@@ -259,6 +262,14 @@ def command_compact(arguments: argparse.Namespace) -> int:
 
 def command_get(arguments: argparse.Namespace) -> int:
     client = connect(arguments)
+    if arguments.out and not arguments.prefix:
+        # Written chunk by chunk, each checked, so a large value is never held whole here.
+        written = client.get_to_file(arguments.key, arguments.out, revision=arguments.revision,
+                                     consistency=arguments.consistency)
+        if written is None:
+            print(f"rayconf get: key {arguments.key} not found", file=sys.stderr)
+            return 1
+        return 0
     if arguments.prefix:
         kvs = list(client.range(arguments.key, limit=arguments.limit, revision=arguments.revision,
                                 consistency=arguments.consistency).kvs)
