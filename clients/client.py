@@ -28,7 +28,7 @@ import ray
 from sortedcontainers import SortedList
 
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
-from rayconf.clients.large_values import LargeValues, manifest_of
+from rayconf.clients.large_values import LargeValues, manifest_of, value_too_large
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
 from rayconf.store.keys import DirectoryEntry, iter_children, prefix_end, validate_directory, validate_path
 from rayconf.store.records import (
@@ -161,7 +161,10 @@ class Client:
         """Store the contents of the file at `path` as the value of `key`, reading it one chunk at a time."""
         raw = to_key(key)
         with open(path, "rb") as file:
-            if os.fstat(file.fileno()).st_size <= self.spec.limits.inline_value_bytes_max:
+            size_bytes = os.fstat(file.fileno()).st_size
+            if size_bytes > self.spec.limits.max_value_bytes:
+                raise value_too_large(raw, size_bytes, self.spec.limits.max_value_bytes)
+            if size_bytes <= self.spec.limits.inline_value_bytes_max:
                 return self.put(raw, file.read(), note=note)
             manifest, chunk_refs = self.large_values.upload_file(raw, file)
         result = self._propose(self._command(Txn(success=(Put(raw, manifest),)), note), chunk_refs)

@@ -99,14 +99,7 @@ class LargeValues:
         for chunk in chunks:
             size_bytes += len(chunk)
             if size_bytes > self.limits.max_value_bytes:
-                limit = self.limits.max_value_bytes
-                raise ValueTooLarge(
-                    f"value of {key.decode(errors='backslashreplace')!r} is more than {limit} bytes "
-                    f"({limit / MIB:.1f} MiB), the max_value_bytes of the cluster; raise the limit in the "
-                    "cluster spec or split the value",
-                    size_bytes=size_bytes,
-                    limit_bytes=limit,
-                )
+                raise value_too_large(key, size_bytes, self.limits.max_value_bytes, at_least=True)
             digest = builder.add(chunk)
             if digest not in refs:
                 refs[digest] = ray.put(chunk)
@@ -242,3 +235,14 @@ def manifest_of(value: bytes) -> Manifest | None:
     """Return the manifest when `value` is one (as in a watch event for a large value), else None."""
     return decode_manifest(value) if is_manifest(value) else None
 
+
+def value_too_large(key: bytes, size_bytes: int, limit_bytes: int, *, at_least: bool = False) -> ValueTooLarge:
+    """Return the error for a value of `size_bytes` above `limit_bytes`; `at_least` when reading stopped early."""
+    shown = key.decode("utf-8", errors="backslashreplace")
+    size = f"at least {size_bytes} bytes" if at_least else f"{size_bytes / MIB:.1f} MiB ({size_bytes} bytes)"
+    return ValueTooLarge(
+        f"value of {shown!r} is {size}, above max_value_bytes ({limit_bytes / MIB:.1f} MiB, {limit_bytes} "
+        "bytes); raise the limit in the cluster spec or split the value",
+        size_bytes=size_bytes,
+        limit_bytes=limit_bytes,
+    )
