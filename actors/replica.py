@@ -318,6 +318,7 @@ class ReplicaActor:
         status["pending_reads"] = len(self._reads)
         status["transport"] = self.transport.statistics()
         status["chunks"] = self.chunks.statistics()
+        status["pid"] = os.getpid()
         # Peak resident memory of this process, in KiB on Linux.
         status["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return status

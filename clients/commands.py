@@ -21,6 +21,7 @@ from rayconf.actors.cluster import ClusterSpec
 from rayconf.clients import transfer
 from rayconf.clients.cli import encode_value, print_record, wait_for_interrupt
 from rayconf.clients.client import Client
+from rayconf.clients.large_values import manifest_of
 from rayconf.clients.txn_document import parse_txn_document
 from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.store.keys import validate_directory
@@ -74,11 +75,19 @@ def connect(arguments: argparse.Namespace) -> Client:
 
 
 def kv_record(kv: KeyValue) -> dict[str, Any]:
-    return {"key": kv.key.decode("utf-8", errors="backslashreplace"), **encode_value(kv.value),
+    manifest = manifest_of(kv.value)
+    # A watch event for a large value carries its manifest; show its size and hash instead.
+    value: dict[str, Any] = encode_value(kv.value) if manifest is None else {
+        "value_size_bytes": manifest.size_bytes, "value_sha256": manifest.value_hex()}
+    return {"key": kv.key.decode("utf-8", errors="backslashreplace"), **value,
             "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version}
 
 
 def show_value(value: bytes) -> str:
+    manifest = manifest_of(value)
+    if manifest is not None:
+        return (f"<large value of {manifest.size_bytes} bytes, sha256 {manifest.value_hex()}; "
+                "read it with rayconf get --out FILE>")
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:

@@ -46,9 +46,9 @@ from rayconf.store.validation import check_value
 
 logger = logging.getLogger(__name__)
 
-# Chunks asked of one replica per call while reading, which bounds the chunk
-# bytes a reader holds before writing them out to ten chunks (10 MiB with the
-# default chunk size).
+# Chunks requested from a replica per call while reading. It bounds the chunk
+# bytes in a reader's memory before they are written out to ten chunks (10 MiB
+# with the default chunk size).
 READ_CHUNKS_PER_CALL = 10
 
 

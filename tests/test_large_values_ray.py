@@ -85,6 +85,22 @@ def test_put_get_ten_mib_byte_for_byte(spec: ClusterSpec, client: Client) -> Non
     assert stale.value == value
 
 
+def test_async_client_round_trips_large_value(spec: ClusterSpec) -> None:
+    import asyncio
+
+    from rayconf.clients.async_client import AsyncClient
+
+    value = random_value(TEN_MIB, seed=30)
+
+    async def scenario() -> bytes | None:
+        client = AsyncClient(spec, timeout_s=30.0)
+        await client.put("/docs/async", value)
+        kv = await client.get("/docs/async")
+        return None if kv is None else kv.value
+
+    assert asyncio.run(scenario()) == value
+
+
 def test_chunks_on_quorum_when_acknowledged(spec: ClusterSpec, client: Client) -> None:
     value = random_value(3 * MIB + 5, seed=2)
     client.put("/docs/quorum", value)
