@@ -133,7 +133,7 @@ class ReplicaActor:
             return
         digests = core.applied_chunk_digests
         core.applied_chunk_digests = []
-        if self.chunks.after_apply(core.state, digests, core.chunk_scan_due):
+        if self.chunks.after_apply(core.state, digests, core.chunk_scan_due, core.unapplied_chunk_digests):
             core.chunk_scan_due = False
 
     def _resolve_proposals(self) -> None:

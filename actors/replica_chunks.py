@@ -31,7 +31,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,10 @@ from rayconf.store.records import Command, CompareTarget, Put, Txn
 
 logger = logging.getLogger(__name__)
 
-# Chunks copied or fetched at once by one replica. With 1 MiB chunks this
-# bounds the chunk bytes a replica holds in its own heap to a few MiB, however
+# Chunks copied, fetched or served at once by one replica. With 1 MiB chunks,
+# this bounds the chunk bytes in a replica's own heap to a few MiB, however
 # many large puts arrive together.
-CHUNK_TRANSFERS_MAX = 4
+CHUNK_TRANSFERS_MAX = 2
 # Time for a peer to answer one chunk fetch.
 PEER_FETCH_TIMEOUT_S = 10.0
 
@@ -64,6 +64,9 @@ class ReplicaChunks:
         self.store = ChunkStore(directory / "chunks")
         self._transfers = asyncio.Semaphore(CHUNK_TRANSFERS_MAX)
         self._background: set[asyncio.Task[None]] = set()
+        # Chunks being copied from a client's objects right now, which a
+        # background fetch of the same chunks from peers skips.
+        self._copying: set[bytes] = set()
         self._scan_running = False
         # Voters and learners, for fetching chunks; kept current by the actor.
         self.members: list[str] = []
@@ -128,19 +131,23 @@ class ReplicaChunks:
                 await asyncio.to_thread(self.store.touch, digest)
                 continue
             ref = refs.get(digest)
-            async with self._transfers:
-                if ref is None:
-                    data = await self._fetch_from_peers(digest)
-                else:
-                    try:
-                        data = await ref
-                    except ray.exceptions.RayError as error:
-                        raise Unavailable(
-                            f"{self.member} could not copy chunk {digest.hex()} from the client's object "
-                            f"({type(error).__name__}); the client may have exited. Retry the put"
-                        ) from None
-                if await asyncio.to_thread(self.store.write, digest, data):
-                    copied += 1
+            self._copying.add(digest)
+            try:
+                async with self._transfers:
+                    if ref is None:
+                        data = await self._fetch_from_peers(digest)
+                    else:
+                        try:
+                            data = await ref
+                        except ray.exceptions.RayError as error:
+                            raise Unavailable(
+                                f"{self.member} could not copy chunk {digest.hex()} from the client's object "
+                                f"({type(error).__name__}); the client may have exited. Retry the put"
+                            ) from None
+                    if await asyncio.to_thread(self.store.write, digest, data):
+                        copied += 1
+            finally:
+                self._copying.discard(digest)
         self.counters["chunks_copied"] += copied
         return copied
 
@@ -203,11 +210,13 @@ class ReplicaChunks:
 
     # --- Background work after applying entries. ---
 
-    def after_apply(self, state: MVCC, applied_digests: list[bytes], scan_due: bool) -> bool:
+    def after_apply(self, state: MVCC, applied_digests: list[bytes], scan_due: bool,
+                    unapplied_digests: Callable[[], set[bytes]]) -> bool:
         """Start background work for what the last entries changed; return whether a due scan started.
 
         Digests of newly applied manifests are fetched if missing. A scan lists
-        what retained revisions name, collects the rest and fetches what is missing.
+        what retained revisions and the log's unapplied entries name, collects
+        the rest and fetches what is missing.
         """
         if applied_digests:
             self._spawn(self.ensure_present(applied_digests))
@@ -215,13 +224,17 @@ class ReplicaChunks:
             return False
         self._scan_running = True
         referenced = referenced_digests(state.versions)
-        self._spawn(self._scan(referenced))
+        # NOTE: a member that lags by more than the grace period may still
+        # delete a chunk that an entry it has not received yet names. It
+        # fetches the chunk again from a peer when it applies that entry.
+        kept = referenced | unapplied_digests()
+        self._spawn(self._scan(referenced, kept))
         return True
 
     async def ensure_present(self, digests: Iterable[bytes]) -> None:
         """Fetch from peers every chunk in `digests` that this member lacks."""
         for digest in dict.fromkeys(digests):
-            if self.store.contains(digest):
+            if digest in self._copying or self.store.contains(digest):
                 continue
             async with self._transfers:
                 try:
@@ -230,9 +243,9 @@ class ReplicaChunks:
                 except (ChunkMissing, ChunkCorrupt, StorageError) as error:
                     logger.warning("replica %s could not fetch chunk %s yet: %s", self.member, digest.hex(), error)
 
-    async def _scan(self, referenced: set[bytes]) -> None:
+    async def _scan(self, referenced: set[bytes], kept: set[bytes]) -> None:
         try:
-            removed = await asyncio.to_thread(self.store.collect_garbage, referenced, self.grace_s)
+            removed = await asyncio.to_thread(self.store.collect_garbage, kept, self.grace_s)
             self.counters["chunks_collected"] += len(removed)
             await self.ensure_present(referenced)
         finally:

@@ -236,6 +236,31 @@ class ReplicaCore:
                 self._note_chunks(command)
         self._applied_since_snapshot += 1
 
+    def unapplied_chunk_digests(self) -> set[bytes]:
+        """Return the chunk digests that manifests in this member's log after the applied index name.
+
+        Garbage collection must keep these chunks too: after a restart the
+        state comes from a snapshot and the newer entries are applied again,
+        so the state alone would not name chunks that those entries need.
+        """
+        low = self.state.applied_index + 1
+        high = self.storage.last_index() + 1
+        if low >= high:
+            return set()
+        digests: set[bytes] = set()
+        for entry in self.storage.entries(low, high, 2**62):
+            if entry.type is not EntryType.NORMAL or not entry.data:
+                continue
+            try:
+                command = decode_command(entry.data)
+            except InvalidRequest:
+                continue
+            if isinstance(command.body, Txn):
+                values = [operation.value for branch in (command.body.success, command.body.failure)
+                          for operation in branch if isinstance(operation, Put)]
+                digests.update(manifest_digests(values))
+        return digests
+
     def _note_chunks(self, command: Command) -> None:
         if isinstance(command.body, Compact):
             self.chunk_scan_due = True

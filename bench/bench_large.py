@@ -10,10 +10,10 @@ center) in a temporary data directory, with the default limits: values above
 - `get_10mib`: as many linearizable gets of those keys, each value fetched
   from the replicas, checked and reassembled.
 - `concurrent_puts`: `CONCURRENT_PUTS` threads, each with its own `Client`,
-  put one distinct 10 MiB value at the same moment. Meanwhile two threads
-  read a small key in a loop (one linearizable, one serializable), and a sampler reads each
-  replica process's resident memory (VmRSS in /proc) every
-  `MEMORY_SAMPLE_INTERVAL_S`.
+  put one distinct 10 MiB value at the same moment. Meanwhile two other
+  processes read a small key in a loop (one linearizable, one
+  serializable), and a sampler reads each replica process's resident memory
+  (VmRSS and RssAnon in /proc) every `MEMORY_SAMPLE_INTERVAL_S`.
 
 Latency is the time one caller waits for one operation. Throughput in MiB/s
 is value bytes moved over the phase's wall time. With 30 samples, p99 is close
@@ -22,6 +22,7 @@ to the maximum; the JSON keeps min and max too.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import statistics
@@ -61,7 +62,12 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, Any]:
 
 
 def resident_mib(pid: int, field: str = "VmRSS") -> float:
-    """Return a memory field of /proc/<pid>/status in MiB (VmRSS now, VmHWM the peak)."""
+    """Return a memory field of /proc/<pid>/status in MiB.
+
+    VmRSS is all resident memory. RssAnon is the process's own heap, and
+    RssShmem includes the pages of Ray's shared-memory object store that the
+    process has mapped, which the object store owns and bounds.
+    """
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -143,6 +149,8 @@ def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Rand
     values = [rng.randbytes(VALUE_BYTES) for _ in range(CONCURRENT_PUTS)]
     writers = [Client(spec, timeout_s=TIMEOUT_S) for _ in range(CONCURRENT_PUTS)]
     peak = dict(baseline)
+    peak_anonymous = {member: round(resident_mib(pid, "RssAnon"), 1) for member, pid in pids.items()}
+    baseline_anonymous = dict(peak_anonymous)
     stop = threading.Event()
     put_latencies: list[float] = []
     errors: list[str] = []
@@ -151,6 +159,7 @@ def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Rand
         while not stop.is_set():
             for member, pid in pids.items():
                 peak[member] = max(peak[member], round(resident_mib(pid), 1))
+                peak_anonymous[member] = max(peak_anonymous[member], round(resident_mib(pid, "RssAnon"), 1))
             time.sleep(MEMORY_SAMPLE_INTERVAL_S)
 
     def put(number: int) -> None:
@@ -162,14 +171,22 @@ def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Rand
             return
         put_latencies.append(time.perf_counter() - began)
 
-    reads: dict[str, list[float]] = {"linearizable": [], "serializable": []}
-    sampler = threading.Thread(target=sample)
-    readers = [threading.Thread(target=lambda mode=mode: reads[mode].extend(
-        small_reads(Client(spec, timeout_s=TIMEOUT_S, session=False), mode, stop=stop))) for mode in reads]
-    threads = [threading.Thread(target=put, args=(number,)) for number in range(CONCURRENT_PUTS)]
-    sampler.start()
+    # The small readers run in their own process, so the writers' threads in
+    # this one do not hold them up on the GIL.
+    context = multiprocessing.get_context("spawn")
+    reader_stop = context.Event()
+    results = context.Queue()
+    readers = [context.Process(target=read_small_in_process,
+                               args=(ray.get_runtime_context().gcs_address, spec, mode, reader_stop, results))
+               for mode in ("linearizable", "serializable")]
     for reader in readers:
         reader.start()
+    reads = {}
+    ready = [results.get(timeout=TIMEOUT_S) for _ in readers]
+    assert ready == ["ready", "ready"], ready
+    sampler = threading.Thread(target=sample)
+    threads = [threading.Thread(target=put, args=(number,)) for number in range(CONCURRENT_PUTS)]
+    sampler.start()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -177,9 +194,13 @@ def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Rand
         thread.join()
     wall_s = time.perf_counter() - started
     stop.set()
+    reader_stop.set()
     sampler.join()
+    for _ in readers:
+        mode, latencies = results.get(timeout=TIMEOUT_S)
+        reads[mode] = latencies
     for reader in readers:
-        reader.join()
+        reader.join(timeout=TIMEOUT_S)
     return {
         "wall_s": round(wall_s, 2),
         "mib_per_s": round(len(put_latencies) * VALUE_BYTES / MIB / wall_s, 1),
@@ -189,4 +210,25 @@ def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Rand
         "small_read_during_load_serializable": percentiles_ms(reads["serializable"]),
         "replica_rss_mib_before": baseline,
         "replica_rss_mib_peak_sampled": peak,
+        "replica_anonymous_rss_mib_before": baseline_anonymous,
+        "replica_anonymous_rss_mib_peak_sampled": peak_anonymous,
     }
+
+
+def read_small_in_process(gcs_address: str, spec: cluster.ClusterSpec, consistency: str, stop: Any,
+                          results: Any) -> None:
+    """Read the small key at `consistency` until `stop` is set; send the latencies to `results`."""
+    cluster.use_loopback()
+    # Ray sends its token to an explicit address only with RAY_AUTH_MODE=token.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    ray.init(address=gcs_address, namespace=spec.namespace, log_to_driver=False)
+    client = Client(spec, timeout_s=TIMEOUT_S, session=False)
+    client.get("/bench/small", consistency=consistency)
+    results.put("ready")
+    latencies = []
+    while not stop.is_set():
+        began = time.perf_counter()
+        client.get("/bench/small", consistency=consistency)
+        latencies.append(time.perf_counter() - began)
+    results.put((consistency, latencies))
+    ray.shutdown()
