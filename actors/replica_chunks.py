@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 # Chunks copied, fetched or served at once by one replica. With 1 MiB chunks,
 # this bounds the chunk bytes in a replica's own heap to a few MiB, however
 # many large puts arrive together.
-CHUNK_TRANSFERS_MAX = 2
+CHUNK_TRANSFERS_MAX = 4
 # Time for a peer to answer one chunk fetch.
 PEER_FETCH_TIMEOUT_S = 10.0
 
@@ -120,36 +120,38 @@ class ReplicaChunks:
         """Copy each chunk from its ObjectRef (or, lacking one, from a peer) unless present; return how many were new.
 
         `refs_box` wraps the refs in a list so that Ray passes them through
-        unresolved, and each chunk is fetched on its own under the transfer bound.
+        unresolved. Chunks are copied concurrently, at most
+        `CHUNK_TRANSFERS_MAX` at a time across all calls.
         """
         refs = refs_box[0] if refs_box else {}
-        copied = 0
-        for digest in digests:
-            if self.store.contains(digest):
-                # Refresh the file's age, so garbage collection never removes
-                # an old, unreferenced chunk that a new put is about to name.
-                await asyncio.to_thread(self.store.touch, digest)
-                continue
-            ref = refs.get(digest)
-            self._copying.add(digest)
-            try:
-                async with self._transfers:
-                    if ref is None:
-                        data = await self._fetch_from_peers(digest)
-                    else:
-                        try:
-                            data = await ref
-                        except ray.exceptions.RayError as error:
-                            raise Unavailable(
-                                f"{self.member} could not copy chunk {digest.hex()} from the client's object "
-                                f"({type(error).__name__}); the client may have exited. Retry the put"
-                            ) from None
-                    if await asyncio.to_thread(self.store.write, digest, data):
-                        copied += 1
-            finally:
-                self._copying.discard(digest)
+        results = await asyncio.gather(*(self._copy_one(digest, refs.get(digest)) for digest in digests))
+        copied = sum(results)
         self.counters["chunks_copied"] += copied
         return copied
+
+    async def _copy_one(self, digest: bytes, ref: Any) -> bool:
+        if self.store.contains(digest):
+            # Refresh the file's age, so garbage collection never removes
+            # an old, unreferenced chunk that a new put is about to name.
+            await asyncio.to_thread(self.store.touch, digest)
+            return False
+        self._copying.add(digest)
+        try:
+            async with self._transfers:
+                if ref is None:
+                    data = await self._fetch_from_peers(digest)
+                else:
+                    try:
+                        data = await ref
+                    except ray.exceptions.RayError as error:
+                        raise Unavailable(
+                            f"{self.member} could not copy chunk {digest.hex()} from the client's object "
+                            f"({type(error).__name__}); the client may have exited. Retry the put"
+                        ) from None
+                written: bool = await asyncio.to_thread(self.store.write, digest, data)
+                return written
+        finally:
+            self._copying.discard(digest)
 
     # --- Read path. ---
 
@@ -160,12 +162,12 @@ class ReplicaChunks:
         fetched from a peer; peers fetching from each other use it, so a
         chunk that nobody has cannot send requests in a loop.
         """
-        refs = []
-        for digest in digests:
-            async with self._transfers:
-                data = await self._load(digest, local_only)
-                refs.append(ray.put(data))
-        return refs
+        return list(await asyncio.gather(*(self._read_one(digest, local_only) for digest in digests)))
+
+    async def _read_one(self, digest: bytes, local_only: bool) -> Any:
+        async with self._transfers:
+            data = await self._load(digest, local_only)
+            return ray.put(data)
 
     async def _load(self, digest: bytes, local_only: bool) -> bytes:
         try:
