@@ -153,9 +153,8 @@ def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
     """
     use_loopback()
     ray.init(
-        # "local" starts a new instance even when another one on the machine
-        # is recorded in /tmp/ray/ray_current_cluster, which ray.init() would
-        # otherwise join (Ray 2.60, services.get_ray_address_from_environment).
+        # "local" starts a new instance even when another one runs on this
+        # machine; without it, Ray attaches to the newest instance it finds.
         address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
