@@ -231,6 +231,24 @@ def test_corrupt_chunk_is_detected_served_and_repaired(spec: ClusterSpec, client
     assert statistics["corrupt_chunks_repaired"] >= 1
 
 
+def test_lost_chunk_file_fetched_back_after_compaction(spec: ClusterSpec, client: Client) -> None:
+    value = random_value(2 * MIB, seed=14)
+    client.put("/docs/lost", value)
+    manifest, _ = split_value(value, spec.limits.chunk_bytes)
+    victim = spec.voters()[1]
+    wait_until(lambda: set(manifest.chunk_digests) <= chunk_files(spec, victim), 30, f"{victim} holds the chunks")
+    digest = manifest.chunk_digests[0]
+    (Path(spec.data_directory) / victim / "chunks" / digest.hex()[:2] / digest.hex()).unlink()
+    assert digest not in chunk_files(spec, victim)
+
+    # The scan after a compaction fetches every chunk that a retained revision names and this member lacks.
+    latest = client.put("/docs/lost-marker", b"x")
+    client.compact(latest.revision)
+    wait_until(lambda: digest in chunk_files(spec, victim), 30, f"{victim} fetches the lost chunk from a peer")
+    statistics = ray.get(find_replica(spec, victim).chunk_statistics.remote())
+    assert statistics["chunks_fetched_from_peers"] >= 1
+
+
 def test_small_values_keep_working_during_large_puts(client: Client, spec: ClusterSpec) -> None:
     errors: list[BaseException] = []
 
