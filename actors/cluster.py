@@ -29,6 +29,7 @@ from rayconf.actors.shard_store import ShardStoreActor, store_actor_name
 from rayconf.actors.watch_hub import WatchHubActor, find_hub, hub_actor_name
 from rayconf.actors.transport import replica_actor_name
 from rayconf.errors import InvalidRequest, Unavailable
+from rayconf.store.limits import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class ClusterSpec:
     # 50 ms ticks with a 10-tick election timeout give elections in 0.5 to 1 s.
     tick_ms: int = 50
     settings: ReplicaSettings = field(default_factory=ReplicaSettings)
+    # Request limits, including the inline limit and chunk size of large
+    # values; every replica and client of the cluster uses the same ones.
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         members = self.members()
@@ -209,7 +213,7 @@ def up(spec: ClusterSpec, *, wait_for_leader_s: float = 30.0) -> dict[str, Any]:
             num_cpus=0,
             resources={data_center: RESOURCE_PER_ACTOR},
         ).remote(member, spec.data_directory, spec.voters(), spec.learners(), spec.namespace, spec.tick_ms,
-                 spec.settings)
+                 spec.settings, spec.limits)
         created.append(member)
     for dc in spec.data_centers:
         for store in dc.store_names():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import time
 import uuid
 from pathlib import Path
@@ -33,9 +34,11 @@ from typing import Any
 import ray
 
 from rayconf.actors.raft.types import Message, MessageType, NodeId
+from rayconf.actors.replica_chunks import ReplicaChunks, chunk_digests_of
 from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
 from rayconf.actors.transport import Transport
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
+from rayconf.store.limits import Limits
 from rayconf.store.mvcc import ApplyResult
 from rayconf.store.validation import check_command
 from rayconf.store.records import Command, HistoryEntry, RangeRequest, RangeResponse
@@ -65,13 +68,15 @@ class ReplicaActor:
         namespace: str,
         tick_ms: int,
         settings: ReplicaSettings,
+        limits: Limits | None = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         self.member = member
         self.tick_s = tick_ms / 1000
         directory = Path(data_directory) / member
         self.core = ReplicaCore(member, directory, voters=voters, learners=learners, settings=settings,
-                                seed=int.from_bytes(os.urandom(8), "big"))
+                                seed=int.from_bytes(os.urandom(8), "big"), limits=limits)
+        self.chunks = ReplicaChunks(member, directory, namespace, settings.chunk_orphan_grace_s)
         self.transport = Transport(member, namespace)
         self._proposals: dict[str, asyncio.Future[ApplyResult]] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
@@ -130,6 +135,17 @@ class ReplicaActor:
                 self._fail_reads("the leader changed while the read was waiting")
         self.transport.flush()
         self._resolve_applied()
+        self._after_apply_chunks()
+
+    def _after_apply_chunks(self) -> None:
+        core = self.core
+        self.chunks.members = list(core.conf_state.voters) + list(core.conf_state.learners)
+        if not self.chunks.members:
+            return
+        digests = core.applied_chunk_digests
+        core.applied_chunk_digests = []
+        if self.chunks.after_apply(core.state, digests, core.chunk_scan_due, core.unapplied_chunk_digests):
+            core.chunk_scan_due = False
 
     def _resolve_proposals(self) -> None:
         for request_id in list(self._proposals):
@@ -175,21 +191,34 @@ class ReplicaActor:
 
     # --- Calls from clients. ---
 
-    async def propose(self, command: Command, timeout_s: float = 5.0) -> ApplyResult:
+    async def propose(self, command: Command, timeout_s: float = 5.0,
+                      chunk_refs: dict[bytes, Any] | None = None) -> ApplyResult:
         """Replicate `command` and return its result once applied here on the leader.
 
         Raises `NotLeader` when this member is not the leader, and `Unavailable`
         when the command was not applied within `timeout_s`. In that case it
         may still apply later, so retry with the same request id.
+
+        A command whose values are chunk manifests comes with `chunk_refs`,
+        the ObjectRefs of the chunks by sha256 digest. The command is proposed
+        only after a quorum of voters stored those chunks.
         """
         # A bad command is rejected here, before it costs a log entry on every member.
         check_command(command, self.core.state.limits)
+        digests = chunk_digests_of(command, self.core.state.limits)
         if not self.core.is_leader():
             raise NotLeader(f"{self.member} is not the leader; the leader is {self.core.leader or 'unknown'}",
                             leader_hint=self.core.leader or None)
         if len(self._proposals) >= PENDING_REQUESTS_MAX:
             raise Unavailable(f"{self.member} has {len(self._proposals)} proposals waiting; retry later")
         future = self._proposals.get(command.request_id)
+        if future is None and digests:
+            voters = list(self.core.conf_state.voters)
+            await self.chunks.replicate(digests, chunk_refs or {}, voters, timeout_s)
+            future = self._proposals.get(command.request_id)
+            if not self.core.is_leader():
+                raise NotLeader(f"{self.member} lost leadership while storing chunks; the leader is "
+                                f"{self.core.leader or 'unknown'}", leader_hint=self.core.leader or None)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._proposals[command.request_id] = future
@@ -280,6 +309,23 @@ class ReplicaActor:
         self._applied_waiters.append((index, future))
         await future
 
+    # --- Chunks of large values. ---
+
+    async def store_chunks(self, digests: list[bytes], refs_box: list[dict[bytes, Any]]) -> int:
+        """Copy chunks into this member's chunk store, fsynced; the leader calls it before proposing."""
+        return await self.chunks.store_from_refs(digests, refs_box)
+
+    async def read_chunks(self, digests: list[bytes], local_only: bool = False) -> list[Any]:
+        """Return ObjectRefs of the chunks, owned by this actor; a bad or missing copy is first repaired from a peer."""
+        return await self.chunks.read(digests, local_only)
+
+    async def chunk_statistics(self) -> dict[str, int]:
+        """Return the chunk store's size and the copy, fetch, repair and collection counters.
+
+        It lists the chunk folder, so it is kept out of `status`, which clients call often.
+        """
+        return self.chunks.statistics()
+
     async def history(self, key: bytes, limit: int = 0) -> list[HistoryEntry]:
         return self.core.state.history(key, limit=limit)
 
@@ -293,6 +339,9 @@ class ReplicaActor:
         status["pending_proposals"] = len(self._proposals)
         status["pending_reads"] = len(self._reads)
         status["transport"] = self.transport.statistics()
+        status["pid"] = os.getpid()
+        # Peak resident memory of this process, in KiB on Linux.
+        status["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return status
 
     async def set_faults(self, blocked: list[tuple[NodeId, NodeId]], drop_probability: float = 0.0,

@@ -42,8 +42,10 @@ from rayconf.actors.raft.types import (
 from rayconf.errors import InvalidRequest, RayconfError
 from rayconf.store import snapshot as mvcc_snapshot
 from rayconf.store.codec import decode_command, encode_command
+from rayconf.store.limits import Limits
+from rayconf.store.manifest import manifest_digests
 from rayconf.store.mvcc import MVCC, ApplyResult
-from rayconf.store.records import Command
+from rayconf.store.records import Command, Compact, Put, Txn
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ class ReplicaSettings:
     lease_reads: bool = True
     max_inflight_msgs: int = 256
     max_size_per_msg_bytes: int = 1024 * 1024
+    # Chunk files that no retained revision names are kept this long, because
+    # a put copies its chunks to the voters before its manifest commits.
+    chunk_orphan_grace_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -95,6 +100,7 @@ class ReplicaCore:
         learners: tuple[NodeId, ...] = (),
         settings: ReplicaSettings | None = None,
         seed: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """Open or create the member's data directory and start its Raft node.
 
@@ -106,6 +112,8 @@ class ReplicaCore:
         self.settings = settings or ReplicaSettings()
         self.storage, recovered = DurableStorage.open(directory)
         self.state = self.storage.load_state()
+        if limits is not None:
+            self.state.limits = limits
         fresh = recovered.snapshot_directory is None and self.storage.last_index() == 0
         if fresh and voters:
             self.storage.bootstrap(voters, learners)
@@ -115,6 +123,11 @@ class ReplicaCore:
         self.role = StateType.FOLLOWER
         self._results: OrderedDict[str, ApplyResult] = OrderedDict()
         self._applied_since_snapshot = 0
+        # Chunk bookkeeping for the actor, which owns the chunk store: digests
+        # named by manifests applied since it last looked, and whether a
+        # compaction or snapshot restore since then calls for a full scan.
+        self.applied_chunk_digests: list[bytes] = []
+        self.chunk_scan_due = True
         logger.info(
             "replica %s started at applied index %d, revision %d, log %d..%d",
             node_id, self.state.applied_index, self.state.revision,
@@ -196,6 +209,7 @@ class ReplicaCore:
         self.state = mvcc_snapshot.load(directory, self.state.limits)
         self.conf_state = conf_state
         self._applied_since_snapshot = 0
+        self.chunk_scan_due = True
         logger.info("replica %s restored snapshot at index %d, revision %d",
                     self.node_id, index, self.state.revision)
 
@@ -221,7 +235,41 @@ class ReplicaCore:
             else:
                 result = self.state.apply(entry.index, [command])[0]
                 self._remember(command.request_id, result)
+                self._note_chunks(command)
         self._applied_since_snapshot += 1
+
+    def unapplied_chunk_digests(self) -> set[bytes]:
+        """Return the chunk digests that manifests in this member's log after the applied index name.
+
+        Garbage collection must keep these chunks too: after a restart the
+        state comes from a snapshot and the newer entries are applied again,
+        so the state alone would not name chunks that those entries need.
+        """
+        low = self.state.applied_index + 1
+        high = self.storage.last_index() + 1
+        if low >= high:
+            return set()
+        digests: set[bytes] = set()
+        for entry in self.storage.entries(low, high, 2**62):
+            if entry.type is not EntryType.NORMAL or not entry.data:
+                continue
+            try:
+                command = decode_command(entry.data)
+            except InvalidRequest:
+                continue
+            if isinstance(command.body, Txn):
+                values = [operation.value for branch in (command.body.success, command.body.failure)
+                          for operation in branch if isinstance(operation, Put)]
+                digests.update(manifest_digests(values))
+        return digests
+
+    def _note_chunks(self, command: Command) -> None:
+        if isinstance(command.body, Compact):
+            self.chunk_scan_due = True
+        elif isinstance(command.body, Txn):
+            values = [operation.value for branch in (command.body.success, command.body.failure)
+                      for operation in branch if isinstance(operation, Put)]
+            self.applied_chunk_digests.extend(manifest_digests(values))
 
     def _remember(self, request_id: str, result: ApplyResult) -> None:
         if not request_id:

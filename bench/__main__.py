@@ -1,6 +1,6 @@
 """Run every benchmark, print the figures and save them as JSON.
 
-Usage: `python -m bench [store|checker|cluster|watch|sim ...]`. Figures go to standard output
+Usage: `python -m bench [store|checker|cluster|watch|sim|large ...]`. Figures go to standard output
 and to `bench/results/latest.json`; `docs/benchmarks.md` records them with
 the machine and the command.
 """
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_checker, bench_cluster, bench_sim, bench_store, bench_watch
+from bench import bench_checker, bench_cluster, bench_large, bench_sim, bench_store, bench_watch
 
 SUITES = {
     "store": bench_store.run,
@@ -22,6 +22,7 @@ SUITES = {
     "cluster": bench_cluster.run,
     "watch": bench_watch.run,
     "sim": bench_sim.run,
+    "large": bench_large.run,
 }
 
 

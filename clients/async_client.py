@@ -22,6 +22,8 @@ import ray
 
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store, status
 from rayconf.clients.client import Consistency, _prefix_key, cas_guard, cas_failure, parse_consistency, to_key
+from rayconf.clients.large_values import LargeValues
+from rayconf.store.manifest import is_manifest
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.keys import prefix_end
 from rayconf.store.records import (
@@ -71,6 +73,8 @@ class AsyncClient:
         self._leader = ""
         self._random = random.Random()
         self._batches: dict[tuple[str, str, int | None, int], _PendingBatch] = {}
+        # Chunking and fetching are blocking Ray calls, so they run in a thread.
+        self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s)
 
     # --- Writes. ---
 
@@ -96,10 +100,11 @@ class AsyncClient:
         return response
 
     async def txn(self, txn: Txn, *, note: str = "") -> TxnResponse:
-        result = await self._propose(self._command(txn, note))
+        prepared, chunk_refs = await asyncio.to_thread(self.large_values.prepare_txn, txn)
+        result = await self._propose(self._command(prepared, note), chunk_refs)
         assert isinstance(result, TxnResponse)
         self.last_revision = max(self.last_revision, result.revision)
-        return result
+        return await asyncio.to_thread(self.large_values.resolve_txn, result)
 
     async def compact(self, revision: int) -> CompactResponse:
         result = await self._propose(self._command(Compact(revision), ""))
@@ -110,13 +115,16 @@ class AsyncClient:
         return Command(body, request_id=f"{self._client_id}:{next(self._sequence)}", principal=self.principal,
                        time_ms=int(time.time() * 1000), note=note)
 
-    async def _propose(self, command: Command) -> Any:
+    async def _propose(self, command: Command, chunk_refs: dict[bytes, Any] | None = None) -> Any:
         async def attempt() -> Any:
             handle = find_replica(self.spec, await self._find_leader())
             if handle is None:
                 self._leader = ""
                 raise Unavailable("the leader's replica is not running")
             try:
+                if chunk_refs:
+                    call = handle.propose.remote(command, self.timeout_s / 2, chunk_refs)
+                    return await asyncio.wait_for(call, timeout=self.timeout_s + 1)
                 return await asyncio.wait_for(handle.propose.remote(command), timeout=self.timeout_s)
             except NotLeader as error:
                 self._leader = error.leader_hint or ""
@@ -152,7 +160,10 @@ class AsyncClient:
             reply = await self._coalesced_read(store, request, mode, staleness_ms, min_revision)
             response: RangeResponse = reply["response"]
             return response
-        return await self._retry(attempt, "read")
+        response = await self._retry(attempt, "read")
+        if request.keys_only or request.count_only or not any(is_manifest(kv.value) for kv in response.kvs):
+            return response
+        return await asyncio.to_thread(self.large_values.resolve_range, response)
 
     def _coalesced_read(self, store: str, request: RangeRequest, mode: str, staleness_ms: int | None,
                         min_revision: int) -> asyncio.Future[dict[str, Any]]:
@@ -199,7 +210,8 @@ class AsyncClient:
                 raise Unavailable("the leader's replica is not running")
             entries: list[HistoryEntry] = await handle.history.remote(raw, limit)
             return entries
-        return await self._retry(attempt, "history")
+        entries = await self._retry(attempt, "history")
+        return await asyncio.to_thread(self.large_values.resolve_history, entries)
 
     async def status(self) -> dict[str, Any]:
         return await asyncio.get_running_loop().run_in_executor(None, status, self.spec)

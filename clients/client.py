@@ -20,6 +20,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import ray
@@ -27,6 +28,7 @@ import ray
 from sortedcontainers import SortedList
 
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
+from rayconf.clients.large_values import LargeValues, manifest_of, value_too_large
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
 from rayconf.store.keys import DirectoryEntry, iter_children, prefix_end, validate_directory, validate_path
 from rayconf.store.records import (
@@ -109,6 +111,7 @@ class Client:
         self._random = random.Random()
         # The newest revision this client wrote; see `last_revision`.
         self.last_revision = 0
+        self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s)
 
     @property
     def aio(self) -> Any:
@@ -146,11 +149,55 @@ class Client:
         return response
 
     def txn(self, txn: Txn, *, note: str = "") -> TxnResponse:
-        command = self._command(txn, note)
-        result = self._propose(command)
+        """Run `txn`; large values in it travel as chunks, and large values in its responses are fetched."""
+        prepared, chunk_refs = self.large_values.prepare_txn(txn)
+        command = self._command(prepared, note)
+        result = self._propose(command, chunk_refs)
+        assert isinstance(result, TxnResponse)
+        self.last_revision = max(self.last_revision, result.revision)
+        return self.large_values.resolve_txn(result)
+
+    def put_file(self, key: str | bytes, path: str | os.PathLike[str], *, note: str = "") -> TxnResponse:
+        """Store the contents of the file at `path` as the value of `key`, reading it one chunk at a time."""
+        raw = to_key(key)
+        with open(path, "rb") as file:
+            size_bytes = os.fstat(file.fileno()).st_size
+            if size_bytes > self.spec.limits.max_value_bytes:
+                raise value_too_large(raw, size_bytes, self.spec.limits.max_value_bytes)
+            if size_bytes <= self.spec.limits.inline_value_bytes_max:
+                return self.put(raw, file.read(), note=note)
+            manifest, chunk_refs = self.large_values.upload_file(raw, file)
+        result = self._propose(self._command(Txn(success=(Put(raw, manifest),)), note), chunk_refs)
         assert isinstance(result, TxnResponse)
         self.last_revision = max(self.last_revision, result.revision)
         return result
+
+    def get_to_file(self, key: str | bytes, path: str | os.PathLike[str], *, revision: int = 0,
+                    consistency: Consistency = "linearizable") -> KeyValue | None:
+        """Write the value of `key` to `path`, a large value one checked chunk at a time.
+
+        Returns the key-value with its value left as read from the store (a
+        manifest for a large value), or None when the key does not exist, in
+        which case no file is written.
+        """
+        response = self.range_request(RangeRequest(to_key(key), revision=revision), consistency,
+                                      fetch_values=False)
+        if not response.kvs:
+            return None
+        kv = response.kvs[0]
+        manifest = manifest_of(kv.value)
+        if manifest is None:
+            target = Path(path)
+            partial = target.with_name(target.name + ".partial")
+            partial.write_bytes(kv.value)
+            partial.replace(target)
+        else:
+            self.large_values.write_to(manifest, Path(path))
+        return kv
+
+    def value_of(self, kv: KeyValue) -> KeyValue:
+        """Return `kv` with a large value fetched, for key-values from watch events, which carry only the manifest."""
+        return self.large_values.value_of(kv)
 
     def compact(self, revision: int) -> CompactResponse:
         result = self._propose(self._command(Compact(revision), ""))
@@ -162,7 +209,7 @@ class Client:
         return Command(body, request_id=request_id, principal=self.principal,
                        time_ms=int(time.time() * 1000), note=note)
 
-    def _propose(self, command: Command) -> Any:
+    def _propose(self, command: Command, chunk_refs: dict[bytes, Any] | None = None) -> Any:
         def attempt() -> Any:
             leader = self._find_leader()
             handle = find_replica(self.spec, leader)
@@ -170,6 +217,11 @@ class Client:
                 self._leader = ""
                 raise Unavailable(f"replica {leader} is not running")
             try:
+                if chunk_refs:
+                    # The leader spends up to half the time copying chunks to
+                    # the voters and up to half waiting for the entry to apply.
+                    call = handle.propose.remote(command, self.timeout_s / 2, chunk_refs)
+                    return ray.get(call, timeout=self.timeout_s + 1)
                 return ray.get(handle.propose.remote(command), timeout=self.timeout_s)
             except NotLeader as error:
                 self._leader = error.leader_hint or ""
@@ -220,8 +272,18 @@ class Client:
         return list(iter_children(SortedList(kv.key for kv in response.kvs), start))
 
     def range_request(self, request: RangeRequest, consistency: Consistency = "linearizable",
-                      min_revision: int = 0) -> RangeResponse:
-        """Serve `request` at `consistency`: "linearizable", "serializable", or a staleness bound in ms."""
+                      min_revision: int = 0, *, fetch_values: bool = True) -> RangeResponse:
+        """Serve `request` at `consistency`: "linearizable", "serializable", or a staleness bound in ms.
+
+        Large values come back whole and checked, unless `fetch_values` is
+        False, which leaves their manifests in place.
+        """
+        response = self._range_request(request, consistency, min_revision)
+        if not fetch_values or request.keys_only or request.count_only:
+            return response
+        return self.large_values.resolve_range(response)
+
+    def _range_request(self, request: RangeRequest, consistency: Consistency, min_revision: int) -> RangeResponse:
         mode, staleness_ms = parse_consistency(consistency)
         if self.session:
             min_revision = max(min_revision, self.last_revision)
@@ -256,7 +318,7 @@ class Client:
                 raise Unavailable("the leader is not running")
             entries: list[HistoryEntry] = ray.get(handle.history.remote(raw, limit), timeout=self.timeout_s)
             return entries
-        return self._retry(attempt, "history")
+        return self.large_values.resolve_history(self._retry(attempt, "history"))
 
     def status(self) -> dict[str, Any]:
         from rayconf.actors.cluster import status

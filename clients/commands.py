@@ -21,6 +21,7 @@ from rayconf.actors.cluster import ClusterSpec
 from rayconf.clients import transfer
 from rayconf.clients.cli import encode_value, print_record, wait_for_interrupt
 from rayconf.clients.client import Client
+from rayconf.clients.large_values import manifest_of
 from rayconf.clients.txn_document import parse_txn_document
 from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.store.keys import validate_directory
@@ -74,11 +75,19 @@ def connect(arguments: argparse.Namespace) -> Client:
 
 
 def kv_record(kv: KeyValue) -> dict[str, Any]:
-    return {"key": kv.key.decode("utf-8", errors="backslashreplace"), **encode_value(kv.value),
+    manifest = manifest_of(kv.value)
+    # A watch event for a large value carries its manifest; show its size and hash instead.
+    value: dict[str, Any] = encode_value(kv.value) if manifest is None else {
+        "value_size_bytes": manifest.size_bytes, "value_sha256": manifest.value_hex()}
+    return {"key": kv.key.decode("utf-8", errors="backslashreplace"), **value,
             "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version}
 
 
 def show_value(value: bytes) -> str:
+    manifest = manifest_of(value)
+    if manifest is not None:
+        return (f"<large value of {manifest.size_bytes} bytes, sha256 {manifest.value_hex()}; "
+                "read it with rayconf get --out FILE>")
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
@@ -206,9 +215,12 @@ def command_status(arguments: argparse.Namespace) -> int:
 def command_put(arguments: argparse.Namespace) -> int:
     if (arguments.value is None) == (arguments.file is None):
         raise InvalidRequest("give the value either as an argument or with --file PATH, not both")
-    value = arguments.file.read_bytes() if arguments.file else arguments.value.encode("utf-8")
     client = connect(arguments)
-    response = client.put(arguments.key, value, note=arguments.note)
+    if arguments.file:
+        # Read one chunk at a time, so a 10 MiB file is never held whole here.
+        response = client.put_file(arguments.key, arguments.file, note=arguments.note)
+    else:
+        response = client.put(arguments.key, arguments.value.encode("utf-8"), note=arguments.note)
     print_record(arguments, {"key": arguments.key, "revision": response.revision}, f"OK revision {response.revision}")
     return 0
 
@@ -259,6 +271,14 @@ def command_compact(arguments: argparse.Namespace) -> int:
 
 def command_get(arguments: argparse.Namespace) -> int:
     client = connect(arguments)
+    if arguments.out and not arguments.prefix:
+        # Written chunk by chunk, each checked, so a large value is never held whole here.
+        written = client.get_to_file(arguments.key, arguments.out, revision=arguments.revision,
+                                     consistency=arguments.consistency)
+        if written is None:
+            print(f"rayconf get: key {arguments.key} not found", file=sys.stderr)
+            return 1
+        return 0
     if arguments.prefix:
         kvs = list(client.range(arguments.key, limit=arguments.limit, revision=arguments.revision,
                                 consistency=arguments.consistency).kvs)

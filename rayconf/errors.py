@@ -115,6 +115,23 @@ class SnapshotCorruption(StorageError):
         self.path = path
 
 
+class ChunkMissing(StorageError):
+    """A chunk of a large value is not in this member's chunk store; `digest` is its sha256 in hex."""
+
+    def __init__(self, message: str, *, digest: str = "") -> None:
+        super().__init__(message)
+        self.digest = digest
+
+
+class ChunkCorrupt(StorageError):
+    """A chunk's bytes do not match the sha256 that names it; `path` locates the bad copy, if on disk."""
+
+    def __init__(self, message: str, *, digest: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.path = path
+
+
 # --- Availability. ---
 
 

@@ -20,8 +20,12 @@ class Limits:
 
     max_key_bytes: int = MAX_KEY_BYTES_DEFAULT
     # 10 MiB: the largest configuration documents (routing tables, model
-    # configs) fit; values above `inline_value_bytes_max` are chunked later on.
+    # configs) fit. Values above `inline_value_bytes_max` travel as chunks.
     max_value_bytes: int = 10 * MIB
+    # Values up to this size travel inline in the Raft log; larger ones are
+    # split into chunks of `chunk_bytes` and the log carries only a manifest.
+    inline_value_bytes_max: int = 64 * 1024
+    chunk_bytes: int = 1 * MIB
     # Per list of a txn (compares, then-ops, else-ops), as etcd's --max-txn-ops (128).
     max_txn_ops: int = 128
     # Request ids remembered for at-most-once application; the oldest is
@@ -39,6 +43,8 @@ class Limits:
         for name in (
             "max_key_bytes",
             "max_value_bytes",
+            "inline_value_bytes_max",
+            "chunk_bytes",
             "max_txn_ops",
             "dedup_request_ids_max",
             "tail_versions_max",
@@ -49,3 +55,8 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidRequest(f"limit {name} is {value!r}; set it to a positive integer")
+        if self.inline_value_bytes_max > self.max_value_bytes:
+            raise InvalidRequest(
+                f"inline_value_bytes_max ({self.inline_value_bytes_max}) is above max_value_bytes "
+                f"({self.max_value_bytes}); set it to max_value_bytes or less"
+            )

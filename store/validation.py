@@ -9,6 +9,7 @@ from __future__ import annotations
 from rayconf.errors import InvalidKey, InvalidRequest, TooManyOperations, ValueTooLarge
 from rayconf.store.keys import RANGE_END_OPEN
 from rayconf.store.limits import MIB, Limits
+from rayconf.store.manifest import decode_manifest, is_manifest
 from rayconf.store.records import (
     Command,
     CompareOp,
@@ -46,6 +47,24 @@ def check_value(key: bytes, value: object, limits: Limits) -> None:
             f"({_size(limits.max_value_bytes)}, {limits.max_value_bytes} bytes); raise the limit in the "
             "cluster spec or split the value",
             size_bytes=len(value),
+            limit_bytes=limits.max_value_bytes,
+        )
+    if is_manifest(value):
+        _check_manifest(key, value, limits)
+
+
+def _check_manifest(key: bytes, value: bytes, limits: Limits) -> None:
+    """Check a chunked value by the size its manifest declares, which is what a reader will fetch."""
+    try:
+        manifest = decode_manifest(value)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"value of {_show(key)}: {error}") from None
+    if manifest.size_bytes > limits.max_value_bytes:
+        raise ValueTooLarge(
+            f"value of {_show(key)} is {_size(manifest.size_bytes)} ({manifest.size_bytes} bytes), above "
+            f"max_value_bytes ({_size(limits.max_value_bytes)}, {limits.max_value_bytes} bytes); raise the "
+            "limit in the cluster spec or split the value",
+            size_bytes=manifest.size_bytes,
             limit_bytes=limits.max_value_bytes,
         )
 

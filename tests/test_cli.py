@@ -121,6 +121,21 @@ def test_bad_input_is_rejected(server: Server) -> None:
     assert "not found" in missing.stderr
 
 
+def test_large_file_put_and_get_out(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "routing.bin"
+    source.write_bytes(os.urandom(10 * 1024 * 1024))
+    assert server.run("put", "/docs/routing", "--file", str(source)).stdout.startswith("OK revision")
+    target = tmp_path / "copy.bin"
+    server.run("get", "/docs/routing", "--out", str(target))
+    assert target.read_bytes() == source.read_bytes()
+    too_big = tmp_path / "too-big.bin"
+    too_big.write_bytes(b"x" * (10 * 1024 * 1024 + 1))
+    rejected = server.run("put", "/docs/too-big", "--file", str(too_big), check=False)
+    assert rejected.returncode == 1
+    assert "ValueTooLarge" in rejected.stderr
+    assert "max_value_bytes" in rejected.stderr
+
+
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus folder {CORPUS} not found")
 def test_import_export_revert(server: Server, tmp_path: Path) -> None:
     imported = server.run("import", str(CORPUS), "--prefix", "/charts").stdout

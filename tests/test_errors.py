@@ -19,6 +19,8 @@ SAMPLES = [
     errors.StorageError("disk"),
     errors.WALCorruption("crc", path="/d/0.wal", offset_bytes=42),
     errors.SnapshotCorruption("sha", path="/d/snap"),
+    errors.ChunkMissing("absent", digest="ab" * 32),
+    errors.ChunkCorrupt("bad", digest="cd" * 32, path="/d/chunks/cd/cdcd"),
     errors.Unavailable("no quorum"),
     errors.NotLeader("follower", leader_hint="dc-b-1"),
 ]

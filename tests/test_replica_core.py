@@ -236,3 +236,23 @@ def test_lease_read_served_by_leader(tmp_path: Path) -> None:
         assert served[0].index >= leader.state.applied_index - 1
     finally:
         cluster.close()
+
+
+def test_restart_keeps_chunks_of_unapplied_entries(cluster: Cluster) -> None:
+    from rayconf.store.manifest import split_value
+
+    manifest, _ = split_value(os.urandom(300), 100)
+    cluster.write(b"/docs/early", b"small", "c1")
+    cluster.settle()
+    follower = next(core.node_id for core in cluster.running() if not core.is_leader())
+    cluster.core(follower).take_snapshot()
+    cluster.write(b"/docs/large", manifest.encode(), "c2")
+    cluster.settle()
+    assert cluster.core(follower).unapplied_chunk_digests() == set()
+    cluster.crash(follower)
+    cluster.restart(follower)
+    restarted = cluster.core(follower)
+    # The state comes from the snapshot, so the manifest is only in the log until it is applied again.
+    assert restarted.state.get(b"/docs/large") is None
+    assert restarted.unapplied_chunk_digests() == set(manifest.chunk_digests)
+    assert restarted.chunk_scan_due
