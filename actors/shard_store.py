@@ -18,6 +18,9 @@ Reads:
 - "linearizable": asks the replica for a ReadIndex, which the leader
   confirms with a quorum, then waits until the store has applied that index.
 
+With auth enabled, every read carries a token, checked against the store's
+own copy of the auth state once the store has reached the read's index.
+
 Every read may carry `min_revision`: the store waits until it has applied
 that revision, which gives a client read-your-writes in any data center.
 """
@@ -32,6 +35,7 @@ from typing import Any
 
 import ray
 
+from rayconf.actors.auth_guard import authorize_read
 from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
 from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.store.mvcc import MVCC
@@ -104,14 +108,16 @@ class ShardStoreActor:
     # --- Reads. ---
 
     async def read(self, request: RangeRequest, consistency: str = "linearizable", min_revision: int = 0,
-                   max_staleness_ms: int | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+                   max_staleness_ms: int | None = None, timeout_s: float = 5.0,
+                   token: str | None = None) -> dict[str, Any]:
         """Serve one range; return the response with the store's revision and age."""
-        responses = await self.read_batch([request], consistency, min_revision, max_staleness_ms, timeout_s)
+        responses = await self.read_batch([request], consistency, min_revision, max_staleness_ms, timeout_s,
+                                          token)
         return responses[0]
 
     async def read_batch(self, requests: list[RangeRequest], consistency: str = "linearizable",
                          min_revision: int = 0, max_staleness_ms: int | None = None,
-                         timeout_s: float = 5.0) -> list[dict[str, Any]]:
+                         timeout_s: float = 5.0, token: str | None = None) -> list[dict[str, Any]]:
         """Serve several ranges after one consistency check, shared by all of them."""
         deadline = time.monotonic() + timeout_s
         if consistency == "linearizable":
@@ -127,6 +133,8 @@ class ShardStoreActor:
         if min_revision:
             await self._wait(lambda: self.state.revision >= min_revision, deadline,
                              f"reach revision {min_revision}")
+        for request in requests:
+            authorize_read(self.state.auth, token, request.key, request.range_end)
         results = []
         for request in requests:
             response: RangeResponse = self.state.range(request)
@@ -175,4 +183,6 @@ class ShardStoreActor:
             "revision": self.state.revision,
             "age_ms": self.age_ms(),
             "snapshots_loaded": self.snapshots_loaded,
+            "auth_enabled": self.state.auth.enabled,
+            "auth_revision": self.state.auth.revision,
         }

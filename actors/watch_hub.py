@@ -14,6 +14,11 @@ none. A hub restart loses every session: the next call raises
 `SessionExpired`, and the client resumes each watch on a new session from the
 last revision it delivered.
 
+With auth enabled, each watch is created with its user's token. The hub
+refuses a watch whose key or prefix the user may not read, and at each poll
+drops events of keys the user may no longer read and cancels the watches of
+users whose token was revoked, by the hub's own copy of the auth state.
+
 Ray calls on this async actor interleave only at `await` points, so each core
 method runs whole, and a revision is queued for every watcher before any
 poll can see it.
@@ -22,6 +27,7 @@ poll can see it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import tempfile
 import time
@@ -30,6 +36,7 @@ from typing import Any
 
 import ray
 
+from rayconf.actors.auth_guard import authorize_read
 from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
 from rayconf.actors.watch_core import WatchHubCore
 from rayconf.actors.watch_records import (
@@ -37,10 +44,12 @@ from rayconf.actors.watch_records import (
     HubSettings,
     PollReply,
     SessionExpired,
+    WatchBatch,
     WatchCancel,
+    WatchItem,
     WatchRequest,
 )
-from rayconf.errors import Compacted, InvalidRequest, Unavailable
+from rayconf.errors import AuthError, Compacted, InvalidRequest, Unavailable
 from rayconf.store.mvcc import MVCC
 from rayconf.store.records import TxnResponse
 
@@ -79,6 +88,8 @@ class WatchHubActor:
         self.following = ""
         self.core = WatchHubCore(self.settings, self.state, on_ready=self._wake_session)
         self._session_events: dict[str, asyncio.Event] = {}
+        # (session id, watch id) -> (user, user generation) of watches created with auth enabled.
+        self._watch_users: dict[tuple[str, int], tuple[str, int]] = {}
         self._catch_up_wake = asyncio.Event()
         # Set once the hub has applied what its replica had applied when the hub started.
         self._ready = asyncio.Event()
@@ -175,11 +186,12 @@ class WatchHubActor:
         return {"hub": self.name, "revision": self.core.revision}
 
     async def create_watches(self, session_id: str, requests: list[tuple[int, WatchRequest]],
-                             min_revision: int = 0) -> list[Any]:
-        """Add watches; return per watch its first revision, or a COMPACTED `WatchCancel`.
+                             min_revision: int = 0, tokens: dict[int, str] | None = None) -> list[Any]:
+        """Add watches; return per watch its first revision, or a COMPACTED or PERMISSION_DENIED `WatchCancel`.
 
         With `min_revision`, the hub first waits until it has applied that
         revision, so a watch "from now" starts after a write the client made.
+        `tokens` maps watch ids to their users' tokens when auth is enabled.
         """
         try:
             await asyncio.wait_for(self._ready.wait(), timeout=READY_WAIT_S)
@@ -190,6 +202,13 @@ class WatchHubActor:
                               "retry or use another hub") from None
         results: list[Any] = []
         for watch_id, request in requests:
+            try:
+                user = authorize_read(self.state.auth, (tokens or {}).get(watch_id), request.key, request.range_end)
+            except AuthError as error:
+                results.append(WatchCancel(CancelReason.PERMISSION_DENIED, f"{type(error).__name__}: {error}"))
+                continue
+            if user:
+                self._watch_users[(session_id, watch_id)] = (user, self.state.auth.users[user].generation)
             try:
                 results.append(self.core.create(session_id, watch_id, request))
             except Compacted as error:
@@ -208,6 +227,7 @@ class WatchHubActor:
     async def cancel_watches(self, session_id: str, watch_ids: list[int]) -> None:
         for watch_id in watch_ids:
             self.core.cancel(session_id, watch_id)
+            self._watch_users.pop((session_id, watch_id), None)
 
     async def request_progress(self, session_id: str, watch_ids: list[int] | None = None) -> None:
         self.core.request_progress(session_id, watch_ids)
@@ -222,7 +242,7 @@ class WatchHubActor:
         while True:
             event = self._session_events.setdefault(session_id, asyncio.Event())
             event.clear()
-            reply = self.core.take(session_id, paused_ids)
+            reply = self._filter_for_users(session_id, self.core.take(session_id, paused_ids))
             if reply.items:
                 self._catch_up_wake.set()
                 return reply
@@ -237,6 +257,43 @@ class WatchHubActor:
     async def close_session(self, session_id: str) -> None:
         self.core.close_session(session_id)
         self._session_events.pop(session_id, None)
+        for key in [key for key in self._watch_users if key[0] == session_id]:
+            del self._watch_users[key]
+
+    def _filter_for_users(self, session_id: str, reply: PollReply) -> PollReply:
+        """Drop events each watch's user may not read now, and cancel watches of revoked users.
+
+        NOTE: a watch created while auth was disabled has no user and stays
+        unfiltered after auth is enabled; the client recreates it only on a
+        resume, with its token.
+        """
+        auth = self.state.auth
+        if not auth.enabled:
+            return reply
+        for watch_id, items in list(reply.items.items()):
+            owner = self._watch_users.get((session_id, watch_id))
+            if owner is None:
+                continue
+            user_name, generation = owner
+            user = auth.users.get(user_name)
+            if user is None or user.generation != generation:
+                self.core.cancel(session_id, watch_id)
+                del self._watch_users[(session_id, watch_id)]
+                reply.items[watch_id] = [WatchCancel(CancelReason.PERMISSION_DENIED,
+                                                     f"AuthenticationFailed: the token of user {user_name!r} "
+                                                     "was revoked; log in again and watch again")]
+                continue
+            kept: list[WatchItem] = []
+            for item in items:
+                if isinstance(item, WatchBatch) and item.events:
+                    events = tuple(event for event in item.events
+                                   if auth.allows(user_name, "read", event.kv.key, None))
+                    if not events:
+                        continue
+                    item = dataclasses.replace(item, events=events)
+                kept.append(item)
+            reply.items[watch_id] = kept
+        return reply
 
     async def statistics(self) -> dict[str, Any]:
         return {

@@ -36,7 +36,7 @@ import ray
 
 from rayconf.actors.watch_hub import find_hub, running_hubs
 from rayconf.actors.watch_records import CancelReason, SessionExpired, WatchBatch, WatchCancel
-from rayconf.errors import Compacted, Unavailable
+from rayconf.errors import AuthenticationFailed, Compacted, PermissionDenied, Unavailable
 
 if TYPE_CHECKING:
     from rayconf.actors.cluster import ClusterSpec
@@ -172,8 +172,16 @@ class WatchStream:
     async def _create(self, session: Session, watches: list[Watch]) -> None:
         requests = [(watch.watch_id, watch.hub_request()) for watch in watches]
         min_revision = max(watch.min_revision for watch in watches)
+        tokens: dict[int, str] = {}
+        for watch in watches:
+            if watch.token_source is not None:
+                # The source may log in again over Ray, so it runs off the loop thread.
+                token = await asyncio.to_thread(watch.token_source)
+                if token:
+                    tokens[watch.watch_id] = token
         results = await asyncio.wait_for(
-            session.handle.create_watches.remote(session.session_id, requests, min_revision), CALL_TIMEOUT_S)
+            session.handle.create_watches.remote(session.session_id, requests, min_revision, tokens or None),
+            CALL_TIMEOUT_S)
         for watch, result in zip(watches, results):
             if isinstance(result, WatchCancel):
                 self._dispatch(watch, result)
@@ -217,6 +225,11 @@ class WatchStream:
         if item.reason is CancelReason.COMPACTED:
             watch.fail(Compacted(item.message, compact_revision=item.compact_revision,
                                  requested_revision=item.resume_revision))
+            self.watches.pop(watch.watch_id, None)
+            return
+        if item.reason is CancelReason.PERMISSION_DENIED:
+            error_type = AuthenticationFailed if item.message.startswith("AuthenticationFailed") else PermissionDenied
+            watch.fail(error_type(item.message.split(": ", 1)[-1]))
             self.watches.pop(watch.watch_id, None)
             return
         if item.reason is CancelReason.LAGGING:
