@@ -149,6 +149,10 @@ def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
     """
     use_loopback()
     ray.init(
+        # "local" always starts a new instance. Without an address, Ray 2.60
+        # joins the instance named in /tmp/ray/ray_current_cluster, which is
+        # another process's when several Ray instances run on the machine.
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         namespace=spec.namespace,
