@@ -196,6 +196,10 @@ class WatchHubActor:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout=READY_WAIT_S)
             await asyncio.wait_for(self._wait_revision(min_revision), timeout=READY_WAIT_S)
+            if self.state.auth.enabled:
+                # Auth changes carry no key revision, so `min_revision` cannot
+                # order them; the leader's commit index does.
+                await asyncio.wait_for(self._wait_commit_index(), timeout=READY_WAIT_S)
         except asyncio.TimeoutError:
             raise Unavailable(f"hub {self.name} did not reach revision {max(min_revision, 1)} and catch up with "
                               f"its replica within {READY_WAIT_S} s (it is at revision {self.state.revision}); "
@@ -205,7 +209,8 @@ class WatchHubActor:
             try:
                 user = authorize_read(self.state.auth, (tokens or {}).get(watch_id), request.key, request.range_end)
             except AuthError as error:
-                results.append(WatchCancel(CancelReason.PERMISSION_DENIED, f"{type(error).__name__}: {error}"))
+                results.append(WatchCancel(CancelReason.PERMISSION_DENIED, str(error), error_type=type(error).__name__,
+                                           user=getattr(error, "user", "")))
                 continue
             if user:
                 self._watch_users[(session_id, watch_id)] = (user, self.state.auth.users[user].generation)
@@ -218,6 +223,23 @@ class WatchHubActor:
                                            compact_revision=error.compact_revision))
         self._catch_up_wake.set()
         return results
+
+    async def _wait_commit_index(self) -> None:
+        """Wait until this hub has applied what the leader had committed when the call began."""
+        from rayconf.actors.transport import replica_actor_name
+
+        for member in self.replicas:
+            try:
+                handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
+                index: int = await handle.read_index.remote(READY_WAIT_S)
+                break
+            except (ValueError, ray.exceptions.RayError) as error:
+                logger.info("hub %s: replica %s gave no read index: %s", self.name, member, type(error).__name__)
+        else:
+            raise Unavailable(f"hub {self.name} found no replica to confirm the auth state; retry")
+        async with self._applied:
+            while self.state.applied_index < index:
+                await self._applied.wait()
 
     async def _wait_revision(self, revision: int) -> None:
         async with self._applied:
@@ -280,8 +302,9 @@ class WatchHubActor:
                 self.core.cancel(session_id, watch_id)
                 del self._watch_users[(session_id, watch_id)]
                 reply.items[watch_id] = [WatchCancel(CancelReason.PERMISSION_DENIED,
-                                                     f"AuthenticationFailed: the token of user {user_name!r} "
-                                                     "was revoked; log in again and watch again")]
+                                                     f"the token of user {user_name!r} was revoked; log in "
+                                                     "again and watch again",
+                                                     error_type="AuthenticationFailed", user=user_name)]
                 continue
             kept: list[WatchItem] = []
             for item in items:

@@ -121,6 +121,9 @@ class WatchCancel:
     message: str
     resume_revision: int = 0
     compact_revision: int = 0
+    # PERMISSION_DENIED: "AuthenticationFailed" or "PermissionDenied", and the user it concerns.
+    error_type: str = ""
+    user: str = ""
 
 
 WatchItem = WatchBatch | WatchCancel

@@ -377,7 +377,8 @@ class Client:
 
 
     def _can_log_in_again(self, already: bool) -> bool:
-        return not already and self._password is not None and bool(self._token)
+        # An empty token means auth was disabled at the last login; it may be on now.
+        return not already and self._password is not None and self._token is not None
 
 
 def cas_guard(key: bytes, expected: bytes | None, value: bytes) -> Txn:

@@ -228,8 +228,8 @@ class WatchStream:
             self.watches.pop(watch.watch_id, None)
             return
         if item.reason is CancelReason.PERMISSION_DENIED:
-            error_type = AuthenticationFailed if item.message.startswith("AuthenticationFailed") else PermissionDenied
-            watch.fail(error_type(item.message.split(": ", 1)[-1]))
+            error_type = AuthenticationFailed if item.error_type == "AuthenticationFailed" else PermissionDenied
+            watch.fail(error_type(item.message, user=item.user))
             self.watches.pop(watch.watch_id, None)
             return
         if item.reason is CancelReason.LAGGING:

@@ -246,8 +246,8 @@ class MVCC:
 
     def _apply_auth_change(self, command: Command, change: AuthChange) -> AuthChangeResponse:
         apply_auth_change(self.auth, change)
-        logger.info("applied auth change %s on %r at auth revision %d by %r", change.action,
-                    change.name, self.auth.revision, command.principal)
+        logger.info("applied auth change %s on %r at auth revision %d by %r, note %r", change.action,
+                    change.name, self.auth.revision, command.principal, command.note)
         return AuthChangeResponse(revision=self.revision, auth_revision=self.auth.revision)
 
     def _remember_request(self, request_id: str, revision: int, succeeded: bool) -> None:
