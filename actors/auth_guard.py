@@ -18,9 +18,9 @@ from rayconf.store.auth_tokens import hash_password, password_matches, sign_toke
 
 logger = logging.getLogger(__name__)
 
-# Lifetime of a login token, as etcd's default --auth-token-ttl (300 s).
+# Lifetime of a login token: 5 minutes, the default lifetime of etcd's JWT tokens.
 TOKEN_TTL_S_DEFAULT = 300.0
-# Longest lifetime an admin may give a service token: ten years.
+# Maximum lifetime an admin may give a service token: ten years.
 SERVICE_TOKEN_TTL_S_MAX = 10 * 365 * 24 * 3600.0
 # A fixed salt for logins of unknown users, so they cost one scrypt like a known user.
 _UNKNOWN_USER_SALT = b"rayconf-no-user!"

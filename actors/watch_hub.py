@@ -14,10 +14,10 @@ none. A hub restart loses every session: the next call raises
 `SessionExpired`, and the client resumes each watch on a new session from the
 last revision it delivered.
 
-With auth enabled, each watch is created with its user's token. The hub
-refuses a watch whose key or prefix the user may not read, and at each poll
-drops events of keys the user may no longer read and cancels the watches of
-users whose token was revoked, by the hub's own copy of the auth state.
+With auth enabled, each watch is created with its user's token, and the hub
+checks it against its own copy of the auth state. It rejects a watch whose
+key or prefix the user may not read. At each poll it drops events of keys
+the user may no longer read, and cancels the watches of revoked tokens.
 
 Ray calls on this async actor interleave only at `await` points, so each core
 method runs whole, and a revision is queued for every watcher before any
@@ -209,6 +209,7 @@ class WatchHubActor:
             try:
                 user = authorize_read(self.state.auth, (tokens or {}).get(watch_id), request.key, request.range_end)
             except AuthError as error:
+                logger.info("hub %s rejected watch %d of session %s: %s", self.name, watch_id, session_id, error)
                 results.append(WatchCancel(CancelReason.PERMISSION_DENIED, str(error), error_type=type(error).__name__,
                                            user=getattr(error, "user", "")))
                 continue
@@ -285,9 +286,8 @@ class WatchHubActor:
     def _filter_for_users(self, session_id: str, reply: PollReply) -> PollReply:
         """Drop events each watch's user may not read now, and cancel watches of revoked users.
 
-        NOTE: a watch created while auth was disabled has no user and stays
-        unfiltered after auth is enabled; the client recreates it only on a
-        resume, with its token.
+        NOTE: a watch created while auth was disabled has no user, so it stays
+        unfiltered after auth is enabled until a resume re-creates it with a token.
         """
         auth = self.state.auth
         if not auth.enabled:
@@ -299,6 +299,8 @@ class WatchHubActor:
             user_name, generation = owner
             user = auth.users.get(user_name)
             if user is None or user.generation != generation:
+                logger.info("hub %s cancelled watch %d of session %s: the token of user %r was revoked",
+                            self.name, watch_id, session_id, user_name)
                 self.core.cancel(session_id, watch_id)
                 del self._watch_users[(session_id, watch_id)]
                 reply.items[watch_id] = [WatchCancel(CancelReason.PERMISSION_DENIED,
@@ -306,7 +308,7 @@ class WatchHubActor:
                                                      "again and watch again",
                                                      error_type="AuthenticationFailed", user=user_name)]
                 continue
-            kept: list[WatchItem] = []
+            delivered: list[WatchItem] = []
             for item in items:
                 if isinstance(item, WatchBatch) and item.events:
                     events = tuple(event for event in item.events
@@ -314,8 +316,8 @@ class WatchHubActor:
                     if not events:
                         continue
                     item = dataclasses.replace(item, events=events)
-                kept.append(item)
-            reply.items[watch_id] = kept
+                delivered.append(item)
+            reply.items[watch_id] = delivered
         return reply
 
     async def statistics(self) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 A new password for `user add` and `user passwd` comes from
 `--new-password-file`, else the RAYCONF_NEW_PASSWORD environment variable,
-else a prompt on the terminal; never from an argument, which other users of
-the machine could read in the process list.
+else a prompt on the terminal. It never comes from an argument, because
+other users of the machine can read arguments in the process list.
 """
 
 from __future__ import annotations

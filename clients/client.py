@@ -76,7 +76,7 @@ BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
 # A token this close to its expiry is renewed before the next call.
 TOKEN_RENEW_MARGIN_MS = 10_000
-# With auth disabled, a client with a password asks again this often whether auth is on.
+# With auth disabled, a client with a password checks this often whether auth is on.
 AUTH_RECHECK_MS = 5_000
 
 

@@ -99,7 +99,7 @@ class AuthState:
         return user is not None and ROOT_ROLE in user.roles
 
     def allows(self, user_name: str, right: str, key: bytes, range_end: bytes | None) -> bool:
-        """Return whether `user_name` holds `right` on every key of `key` alone or `[key, range_end)`."""
+        """Return whether `user_name` has `right` on every key of `key` alone or `[key, range_end)`."""
         user = self.users.get(user_name)
         if user is None:
             return False
@@ -195,7 +195,7 @@ def authorize_command(state: AuthState, command: Command) -> None:
 
 
 def require(state: AuthState, user_name: str, right: str, key: bytes, range_end: bytes | None) -> None:
-    """Raise `PermissionDenied` unless `user_name` holds `right` on the whole key or range."""
+    """Raise `PermissionDenied` unless `user_name` has `right` on the whole key or range."""
     if state.enabled and not state.allows(user_name, right, key, range_end):
         raise PermissionDenied(
             f"user {user_name!r} has no {right} permission on {_show_range(key, range_end)}; "
@@ -303,16 +303,16 @@ def apply_auth_change(state: AuthState, change: AuthChange) -> None:
     elif action == "role_grant_permission":
         role = _role_to_change(state, change.name)
         granted = Permission(change.key, change.range_end, change.permission)
-        kept = tuple(p for p in role.permissions if (p.key, p.range_end) != (change.key, change.range_end))
-        roles[change.name] = replace(role, permissions=kept + (granted,))
+        other_permissions = tuple(p for p in role.permissions if (p.key, p.range_end) != (change.key, change.range_end))
+        roles[change.name] = replace(role, permissions=other_permissions + (granted,))
     else:
         assert action == "role_revoke_permission"
         role = _role_to_change(state, change.name)
-        kept = tuple(p for p in role.permissions if (p.key, p.range_end) != (change.key, change.range_end))
-        if len(kept) == len(role.permissions):
+        other_permissions = tuple(p for p in role.permissions if (p.key, p.range_end) != (change.key, change.range_end))
+        if len(other_permissions) == len(role.permissions):
             raise InvalidRequest(f"role {change.name!r} has no permission on "
                                  f"{_show_range(change.key, change.range_end)}")
-        roles[change.name] = replace(role, permissions=kept)
+        roles[change.name] = replace(role, permissions=other_permissions)
     state.revision = generation
 
 
@@ -345,9 +345,9 @@ def _interval(key: bytes, range_end: bytes | None) -> tuple[bytes, bytes | None]
     return key, None if range_end == RANGE_END_OPEN else range_end
 
 
-def _covers(intervals: list[tuple[bytes, bytes | None]], wanted: tuple[bytes, bytes | None]) -> bool:
-    """Return whether the union of `intervals` contains the interval `wanted`."""
-    reached: bytes | None = wanted[0]
+def _covers(intervals: list[tuple[bytes, bytes | None]], requested: tuple[bytes, bytes | None]) -> bool:
+    """Return whether the union of `intervals` contains the interval `requested`."""
+    reached: bytes | None = requested[0]
     for start, end in sorted(intervals, key=lambda item: item[0]):
         if reached is None:
             return True
@@ -357,7 +357,7 @@ def _covers(intervals: list[tuple[bytes, bytes | None]], wanted: tuple[bytes, by
             reached = end
     if reached is None:
         return True
-    return wanted[1] is not None and reached >= wanted[1]
+    return requested[1] is not None and reached >= requested[1]
 
 
 def _show_range(key: bytes, range_end: bytes | None) -> str:

@@ -231,7 +231,7 @@ def cause_of(call: Callable[[], Any]) -> BaseException | None:
     return None
 
 
-def test_permission_change_reaches_every_replica_store_and_hub(world: World) -> None:
+def test_permission_change_reaches_every_member(world: World) -> None:
     spec, admin = world.spec, world.root.auth
     admin.role_add("prop")
     admin.role_grant_permission("prop", "/prop/", "read", prefix=True)
@@ -268,7 +268,7 @@ def test_permission_change_reaches_every_replica_store_and_hub(world: World) -> 
         watcher.get("/prop/x")
 
 
-def test_history_names_authenticated_user_not_claimed_one(world: World) -> None:
+def test_history_names_authenticated_user(world: World) -> None:
     spec = world.spec
     writer = world.callers["write_only"]
     writer.put("/m/audit", b"1", note="rotate the key")
@@ -283,7 +283,7 @@ def test_history_names_authenticated_user_not_claimed_one(world: World) -> None:
         ("wo", "rotate the key"), ("wo", "claims to be root")]
 
 
-def test_watch_delivers_only_keys_still_readable(world: World) -> None:
+def test_watch_filters_unreadable_keys(world: World) -> None:
     admin = world.root.auth
     admin.role_add("watcher")
     admin.role_grant_permission("watcher", "/w/", "read", prefix=True)
@@ -306,7 +306,7 @@ def test_watch_delivers_only_keys_still_readable(world: World) -> None:
     remember_token(world, user)
 
 
-def test_service_token_works_until_password_changes(world: World) -> None:
+def test_service_token_revoked_by_passwd(world: World) -> None:
     issued = world.root.auth.issue_token("svc", ttl_s=24 * 3600)
     world.secrets.add(issued["token"])
     assert issued["expires_ms"] > time.time() * 1000 + 23 * 3600 * 1000
@@ -320,7 +320,7 @@ def test_service_token_works_until_password_changes(world: World) -> None:
     world.error_texts.append(str(raised.value))
 
 
-def test_failed_logins_are_rate_limited_per_user(world: World) -> None:
+def test_failed_logins_rate_limited(world: World) -> None:
     spec = world.spec
     for _ in range(3):
         with pytest.raises(AuthenticationFailed) as raised:
@@ -338,7 +338,7 @@ def test_failed_logins_are_rate_limited_per_user(world: World) -> None:
     assert login_token(spec, "limited")
 
 
-def test_command_line_manages_users_and_roles(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_cli_manages_users_and_roles(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--namespace", NAMESPACE, "--data-dir", world.spec.data_directory, "--timeout", "20"]
     root_password = tmp_path / "root-password"
@@ -387,7 +387,7 @@ def test_command_line_manages_users_and_roles(world: World, tmp_path: Path, monk
     assert "AuthenticationFailed" in err
 
 
-def test_no_password_or_token_in_logs_or_errors(world: World) -> None:
+def test_no_secret_in_logs_or_errors(world: World) -> None:
     """Runs last: scans what the whole module logged and raised."""
     remember_token(world, world.root)
     texts = {"driver log records": "\n".join(world.log_records), "error messages": "\n".join(world.error_texts)}

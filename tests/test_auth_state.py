@@ -130,7 +130,7 @@ def test_unknown_principal_rejected_at_apply(state: MVCC) -> None:
         state.put(b"/app/a", b"1", principal="mallory")
 
 
-def test_token_revoked_by_password_change_role_revoke_and_delete(state: MVCC) -> None:
+def test_token_revoked_by_credential_changes(state: MVCC) -> None:
     for revoke in (
         lambda: change(state, AuthChange("user_passwd", name="alice", password_hash=b"h" * 32, salt=b"s" * 16)),
         lambda: change(state, AuthChange("user_revoke_role", name="alice", role="app")),
@@ -189,7 +189,7 @@ def test_auth_change_codec_round_trip() -> None:
         check_command(Command(AuthChange("make_me_root")), Limits())
 
 
-def test_user_add_rejects_a_missing_hash_and_keeps_state(state: MVCC) -> None:
+def test_invalid_user_add_keeps_state(state: MVCC) -> None:
     before = state.auth.to_bytes()
     with pytest.raises(InvalidRequest, match="scrypt"):
         change(state, AuthChange("user_add", name="carol"))
