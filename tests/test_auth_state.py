@@ -144,6 +144,36 @@ def test_token_revoked_by_credential_changes(state: MVCC) -> None:
             verify_token(state.auth, token, now_ms=0)
 
 
+def test_disable_skips_checks_and_enable_rotates_secret(state: MVCC) -> None:
+    alice = state.auth.users["alice"]
+    token = sign_token(state.auth.secret, "alice", alice.generation, expires_ms=2**62)
+    change(state, AuthChange("auth_disable"))
+    assert state.put(b"/elsewhere", b"1", principal="anyone").revision == 2
+    change(state, AuthChange("auth_enable", secret=b"t" * 32))
+    with pytest.raises(AuthenticationFailed, match="signature"):
+        verify_token(state.auth, token, now_ms=0)
+    with pytest.raises(PermissionDenied):
+        state.put(b"/elsewhere", b"2", principal="alice")
+
+
+def test_root_kept_while_auth_enabled(state: MVCC) -> None:
+    with pytest.raises(InvalidRequest, match="cannot be deleted"):
+        change(state, AuthChange("user_delete", name="root"))
+    with pytest.raises(InvalidRequest, match="cannot be revoked"):
+        change(state, AuthChange("user_revoke_role", name="root", role="root"))
+    with pytest.raises(InvalidRequest, match="built in"):
+        change(state, AuthChange("role_delete", name="root"))
+    assert state.auth.is_admin("root")
+
+
+def test_role_delete_revokes_tokens_of_its_users(state: MVCC) -> None:
+    generation = state.auth.users["alice"].generation
+    change(state, AuthChange("role_delete", name="app"))
+    assert state.auth.users["alice"].roles == ()
+    assert state.auth.users["alice"].generation > generation
+    assert state.auth.users["root"].roles == ("root",)
+
+
 def test_token_expiry_forgery_and_garbage(state: MVCC) -> None:
     generation = state.auth.users["alice"].generation
     token = sign_token(state.auth.secret, "alice", generation, expires_ms=1000)
