@@ -69,8 +69,8 @@ class Permission:
 @dataclass(frozen=True, slots=True)
 class User:
     name: str
-    password_hash: bytes
-    salt: bytes
+    password_hash: bytes = field(repr=False)
+    salt: bytes = field(repr=False)
     roles: tuple[str, ...] = ()
     # Auth revision of the last credential change; tokens of an older generation are revoked.
     generation: int = 0
@@ -90,7 +90,7 @@ class AuthState:
     # Number of auth changes applied; each applied change adds one.
     revision: int = 0
     # HMAC-SHA256 key of tokens, installed by each `auth_enable`.
-    secret: bytes = b""
+    secret: bytes = field(default=b"", repr=False)
     users: dict[str, User] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
 

@@ -155,9 +155,10 @@ class AuthChange:
     key: bytes = b""
     range_end: bytes | None = None
     permission: str = ""
-    password_hash: bytes = b""
-    salt: bytes = b""
-    secret: bytes = b""
+    # Left out of repr, so a logged or raised command shows no credential material.
+    password_hash: bytes = field(default=b"", repr=False)
+    salt: bytes = field(default=b"", repr=False)
+    secret: bytes = field(default=b"", repr=False)
 
 
 AUTH_ACTIONS = (

@@ -236,3 +236,13 @@ def test_snapshot_keeps_auth_state(state: MVCC, tmp_path: Path) -> None:
     described = loaded.auth.describe()
     assert set(described["users"]) == {"alice", "root"}
     assert "password_hash" not in repr(described)
+
+
+def test_repr_hides_credential_material(state: MVCC) -> None:
+    alice = state.auth.users["alice"]
+    change_record = AuthChange("user_passwd", name="alice", password_hash=b"h" * 32, salt=b"s" * 16)
+    for shown in (repr(alice), repr(state.auth), repr(change_record), repr(AuthChange("auth_enable", secret=b"k" * 32))):
+        assert repr(alice.password_hash) not in shown
+        assert repr(state.auth.secret) not in shown
+        assert "hhhh" not in shown
+        assert "kkkk" not in shown
