@@ -306,6 +306,26 @@ def test_watch_filters_unreadable_keys(world: World) -> None:
     remember_token(world, user)
 
 
+def test_watch_cancelled_when_token_revoked(world: World) -> None:
+    admin = world.root.auth
+    admin.role_add("watcher2")
+    admin.role_grant_permission("watcher2", "/w2/", "read", prefix=True)
+    admin.user_add("watch-user2", "watch2-pw-77ab01")
+    world.secrets.add("watch2-pw-77ab01")
+    admin.user_grant_role("watch-user2", "watcher2")
+    user = Client(world.spec, timeout_s=20.0, user="watch-user2", password="watch2-pw-77ab01")
+    with user.watch("/w2/", timeout_s=15) as changes:
+        world.root.put("/w2/a", b"1")
+        assert changes.get(15) is not None
+        admin.user_passwd("watch-user2", "watch2-pw-new-5510ce")
+        world.secrets.add("watch2-pw-new-5510ce")
+        world.root.put("/w2/a", b"2")
+        with pytest.raises(AuthenticationFailed) as raised:
+            changes.get(15)
+    assert raised.value.user == "watch-user2"
+    world.error_texts.append(str(raised.value))
+
+
 def test_service_token_revoked_by_passwd(world: World) -> None:
     issued = world.root.auth.issue_token("svc", ttl_s=24 * 3600)
     world.secrets.add(issued["token"])
