@@ -282,7 +282,8 @@ def apply_auth_change(state: AuthState, change: AuthChange) -> None:
     elif action == "user_revoke_role":
         user = _user(state, change.name)
         if change.role not in user.roles:
-            raise InvalidRequest(f"user {change.name!r} does not have role {change.role!r}")
+            raise InvalidRequest(f"user {change.name!r} does not have role {change.role!r}; list its roles with "
+                                 f"`rayconf user get {change.name}`")
         if (change.name, change.role) == (ROOT_USER, ROOT_ROLE) and state.enabled:
             raise InvalidRequest("role 'root' cannot be revoked from user 'root' while auth is enabled")
         users[change.name] = replace(user, roles=tuple(r for r in user.roles if r != change.role),
