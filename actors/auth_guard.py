@@ -83,6 +83,9 @@ class LoginLimiter:
     `users_max` users are tracked, the least recently failed forgotten first.
     The bound is per replica, so an attacker who spreads attempts over N
     replicas gets N times the rate.
+
+    NOTE: nothing bounds attempts across users, and each attempt on a new
+    user name costs the replica one scrypt hash.
     """
 
     def __init__(self, *, free_failures: int = 3, lockout_initial_s: float = 1.0, lockout_max_s: float = 60.0,

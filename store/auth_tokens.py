@@ -2,8 +2,9 @@
 
 Passwords are hashed with scrypt (RFC 7914) and a random 16-byte salt per
 user, by the client that sets them, so only the hash and the salt ever reach
-an actor, the log or a snapshot. The cost n=2**14, r=8, p=1 takes about
-16 MiB and tens of milliseconds per check.
+an actor, the log or a snapshot. The cost n=2**14, r=8, p=1 takes 16 MiB
+and measured 55 ms per hash on the 2-core test machine under load
+(`hash_password` in a loop of ten).
 
 A token is `v1.<payload>.<signature>`, both parts URL-safe base64 without
 padding. The payload is msgpack `[user, generation, expires_ms]` and the
