@@ -332,8 +332,12 @@ class WatchHubActor:
         }
 
     async def history_events(self, start_revision: int, key: bytes = b"",
-                             range_end: bytes | None = b"") -> list[Any]:
-        """Return the hub's MVCC events from `start_revision`; raises `Compacted` at or below the compact revision."""
+                             range_end: bytes | None = b"", token: str | None = None) -> list[Any]:
+        """Return the hub's MVCC events from `start_revision`; raises `Compacted` at or below the compact revision.
+
+        With auth enabled, the token's user needs read on the whole key or range.
+        """
+        authorize_read(self.state.auth, token, key, range_end)
         return self.state.events(start_revision, key, range_end)
 
     async def ping(self) -> str:
