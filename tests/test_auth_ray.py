@@ -21,9 +21,11 @@ import ray
 from rayconf.__main__ import main as rayconf_main
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
+from rayconf.actors.watch_hub import find_hub
 from rayconf.clients.client import Client
 from rayconf.clients.watch_stream import close_streams
 from rayconf.errors import AuthenticationFailed, PermissionDenied, RayconfError, TooManyLoginAttempts
+from rayconf.store.keys import prefix_end
 from rayconf.store.records import Command, Compare, CompareOp, CompareTarget, Put, RangeRequest, Txn
 
 NAMESPACE = "rayconf-auth-test"
@@ -268,6 +270,16 @@ def test_permission_change_reaches_every_member(world: World) -> None:
         watcher.get("/prop/x")
 
 
+def test_hub_history_events_need_read(world: World) -> None:
+    hub = find_hub(world.spec, world.spec.data_centers[0].hub_names()[0])
+    token = world.callers["read_only"].current_token()
+    events = ray.get(hub.history_events.remote(1, b"/m/", prefix_end(b"/m/"), token))
+    assert {event.kv.key for event in events} >= {b"/m/a"}
+    assert isinstance(cause_of(lambda: ray.get(hub.history_events.remote(1, b"", b"", token))), PermissionDenied)
+    assert isinstance(cause_of(lambda: ray.get(hub.history_events.remote(1, b"/m/", prefix_end(b"/m/")))),
+                      AuthenticationFailed)
+
+
 def test_history_names_authenticated_user(world: World) -> None:
     spec = world.spec
     writer = world.callers["write_only"]
@@ -410,13 +422,17 @@ def test_cli_manages_users_and_roles(world: World, tmp_path: Path, monkeypatch: 
 def test_no_secret_in_logs_or_errors(world: World) -> None:
     """Runs last: scans what the whole module logged and raised."""
     remember_token(world, world.root)
+    # Errors of this test too, so the scan has error texts when it runs alone.
+    for operation, caller in (("put", "read_only"), ("get", "wrong_password"), ("get", "expired_token")):
+        with pytest.raises(RayconfError) as raised:
+            OPERATIONS[operation](world.callers[caller], world, "leak-check")
+        world.error_texts.append(str(raised.value))
     texts = {"driver log records": "\n".join(world.log_records), "error messages": "\n".join(world.error_texts)}
     session = Path(ray._private.worker._global_node.get_session_dir_path())  # noqa: SLF001
     for path in sorted((session / "logs").rglob("*")):
         if path.is_file():
             texts[str(path)] = path.read_text(errors="replace")
     assert len(texts) > 2, "no Ray log files were found to scan"
-    assert world.error_texts, "the matrix recorded no error messages"
     for secret in sorted(world.secrets):
         for source, text in texts.items():
             assert secret not in text, f"a password or token appears in {source}"
