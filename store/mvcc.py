@@ -136,7 +136,7 @@ class MVCC:
                 # A compaction remembers the revision it compacted at.
                 return CompactResponse(revision=self.revision, compact_revision=revision, duplicate=True)
             if isinstance(command.body, AuthChange):
-                return AuthChangeResponse(revision=self.revision, auth_revision=revision, duplicate=True)
+                return AuthChangeResponse(revision=self.revision, auth_revision=self.auth.revision, duplicate=True)
             return TxnResponse(succeeded=succeeded, revision=revision, duplicate=True)
         try:
             # Checked at apply time, against the auth state at this log index,
@@ -155,8 +155,6 @@ class MVCC:
             return error
         if isinstance(result, CompactResponse):
             remembered = result.compact_revision
-        elif isinstance(result, AuthChangeResponse):
-            remembered = result.auth_revision
         else:
             remembered = result.revision
         self._remember_request(command.request_id, remembered, succeeded)

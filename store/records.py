@@ -241,7 +241,9 @@ class AuthChangeResponse:
     """Outcome of an auth change: the auth revision it was applied at.
 
     Auth changes are numbered by their own counter, as in etcd, so that every
-    key revision keeps at least one event for watches.
+    key revision keeps at least one event for watches. For a `duplicate`,
+    `auth_revision` is the current auth revision, not that of the first
+    application, because request ids remember key revisions only.
     """
 
     revision: int

@@ -8,6 +8,7 @@ of them reached a log record, a Ray log file or an error message.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import ray
 from rayconf.__main__ import main as rayconf_main
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
+from rayconf.actors.replica_core import ReplicaSettings
 from rayconf.actors.watch_hub import find_hub
 from rayconf.clients.client import Client
 from rayconf.clients.watch_stream import close_streams
@@ -69,7 +71,9 @@ class _Collect(logging.Handler):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data = tmp_path_factory.mktemp("rayconf-auth")
-    spec = cluster.default_spec(str(data), namespace=NAMESPACE, tick_ms=20)
+    # A small compaction margin, so that a restarted store must load a snapshot.
+    spec = dataclasses.replace(cluster.default_spec(str(data), namespace=NAMESPACE, tick_ms=20),
+                               settings=ReplicaSettings(compaction_margin_entries=5))
     records: list[str] = []
     handler = _Collect(records)
     rayconf_logger = logging.getLogger("rayconf")
@@ -283,6 +287,34 @@ def test_hub_history_events_need_read(world: World) -> None:
     assert isinstance(everything, PermissionDenied)
     anonymous = cause_of(lambda: ray.get(hub.history_events.remote(written, b"/m/", prefix_end(b"/m/"))))
     assert isinstance(anonymous, AuthenticationFailed)
+
+
+def test_restarted_store_loads_auth_from_snapshot(world: World) -> None:
+    spec = world.spec
+    store = spec.stores()[0]
+    for member in spec.members():
+        ray.get(find_replica(spec, member).take_snapshot.remote())
+    ray.kill(find_store(spec, store), no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        state = cluster.status(spec)
+        restarted = state["stores"][store]
+        leader = state["members"][state["leader"]] if state["leader"] else {}
+        if restarted.get("health") == "ok" and leader and restarted["applied_index"] >= leader["applied_index"]:
+            break
+        assert time.monotonic() < deadline, f"store {store} did not come back and catch up: {restarted}"
+        time.sleep(0.2)
+    assert restarted["snapshots_loaded"] >= 1
+    assert restarted["auth_enabled"]
+    assert restarted["auth_revision"] == leader["auth_revision"]
+    handle = find_store(spec, store)
+    request = RangeRequest(b"/m/a")
+    reader = world.callers["read_only"].current_token()
+    outsider = world.callers["other_prefix"].current_token()
+    reply = ray.get(handle.read.remote(request, "serializable", 0, None, 10.0, reader))
+    assert reply["response"].kvs[0].value == b"1"
+    denied = cause_of(lambda: ray.get(handle.read.remote(request, "serializable", 0, None, 10.0, outsider)))
+    assert isinstance(denied, PermissionDenied)
 
 
 def test_history_names_authenticated_user(world: World) -> None:
