@@ -372,7 +372,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     client = connect(arguments)
     printed = 0
     changes = watch(client.spec, arguments.prefix, prefix=not arguments.key, start_revision=arguments.from_revision,
-                    prev_kv=arguments.prev_kv, data_center=client.data_center)
+                    prev_kv=arguments.prev_kv, data_center=client.data_center, token_source=client.current_token)
     try:
         with changes:
             for batch in changes:

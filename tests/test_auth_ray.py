@@ -436,13 +436,21 @@ def test_cli_manages_users_and_roles(world: World, tmp_path: Path, monkeypatch: 
     assert "auth: enabled" in run("status", *base)[1]
 
     monkeypatch.setenv("RAYCONF_PASSWORD", "cli-pw-6f0b3d")
-    assert run("put", "/cli/x", "1", "--note", "from the command line", *base, "--user", "cli-user")[0] == 0
+    code, out, _ = run("put", "/cli/x", "1", "--note", "from the command line", *base, "--user", "cli-user")
+    assert code == 0
+    put_revision = out.split()[-1]
     code, _, err = run("put", "/m/x", "1", *base, "--user", "cli-user")
     assert code == 1
     assert "PermissionDenied" in err
     code, out, _ = run("history", "/cli/x", *base, "--user", "cli-user")
     assert "cli-user" in out
     assert "from the command line" in out
+    code, out, err = run("watch", "/cli/", "--from-revision", put_revision, "--max-events", "1", *base, "--user", "cli-user")
+    assert code == 0, err
+    assert "/cli/x" in out
+    code, _, err = run("watch", "/m/", "--max-events", "1", *base, "--user", "cli-user")
+    assert code == 1
+    assert "PermissionDenied" in err
     monkeypatch.delenv("RAYCONF_PASSWORD")
 
     code, out, _ = run("user", "issue-token", "cli-user", "--ttl", "600", *as_root)
