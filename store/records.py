@@ -145,7 +145,7 @@ class AuthChange:
     """One change of the access-control state; `action` is a member of `AUTH_ACTIONS`.
 
     Only the fields the action uses are set. A password travels only as its
-    scrypt hash and salt, so no log entry or snapshot holds it. `secret` is
+    scrypt hash and salt, so no log entry or snapshot contains it. `secret` is
     the token signing key that `auth_enable` installs.
     """
 
