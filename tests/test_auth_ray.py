@@ -317,6 +317,23 @@ def test_restarted_store_loads_auth_from_snapshot(world: World) -> None:
     assert isinstance(denied, PermissionDenied)
 
 
+def test_async_client_sends_login_token(world: World) -> None:
+    import asyncio
+
+    async def scenario() -> tuple[bytes | None, BaseException | None]:
+        client = world.callers["read_only"].aio
+        kv = await client.get("/m/a")
+        try:
+            await client.put("/m/async", b"1")
+        except RayconfError as error:
+            return (kv.value if kv else None), error
+        return (kv.value if kv else None), None
+
+    value, error = asyncio.run(scenario())
+    assert value == b"1"
+    assert isinstance(error, PermissionDenied)
+
+
 def test_history_names_authenticated_user(world: World) -> None:
     spec = world.spec
     writer = world.callers["write_only"]
