@@ -286,8 +286,9 @@ class WatchHubActor:
     def _filter_for_users(self, session_id: str, reply: PollReply) -> PollReply:
         """Drop events each watch's user may not read now, and cancel watches of revoked users.
 
-        NOTE: a watch created while auth was disabled has no user, so it stays
-        unfiltered after auth is enabled until a resume re-creates it with a token.
+        A watch created while auth was disabled has no user. Its client gets a
+        CLOSED cancel instead of its events, and re-creates the watch from the
+        same revision with its token, which the hub then checks.
         """
         auth = self.state.auth
         if not auth.enabled:
@@ -295,6 +296,12 @@ class WatchHubActor:
         for watch_id, items in list(reply.items.items()):
             owner = self._watch_users.get((session_id, watch_id))
             if owner is None:
+                if not any(isinstance(item, WatchCancel) for item in items):
+                    logger.info("hub %s closed watch %d of session %s: it has no user and auth is enabled",
+                                self.name, watch_id, session_id)
+                    self.core.cancel(session_id, watch_id)
+                    reply.items[watch_id] = [WatchCancel(CancelReason.CLOSED, "auth was enabled after the watch "
+                                                         "was created; re-create it with a token")]
                 continue
             user_name, generation = owner
             user = auth.users.get(user_name)

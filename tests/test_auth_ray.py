@@ -334,6 +334,29 @@ def test_async_client_sends_login_token(world: World) -> None:
     assert isinstance(error, PermissionDenied)
 
 
+def test_watch_from_before_enable_resumes_with_token(world: World) -> None:
+    admin = world.root.auth
+    admin.disable()
+    try:
+        reader = Client(world.spec, timeout_s=20.0, user="ro", password=PASSWORDS["ro"])
+        anonymous = Client(world.spec, timeout_s=20.0)
+        with reader.watch("/m/", timeout_s=15) as changes, anonymous.watch("/m/", timeout_s=15) as unchecked:
+            admin.enable()
+            world.root.put("/elsewhere/x", b"1")
+            written = world.root.put("/m/resumed", b"1").revision
+            batch = changes.get(15)
+            assert batch is not None
+            assert (batch.revision, [event.kv.key for event in batch.events]) == (written, [b"/m/resumed"])
+            assert [reason for reason, _ in changes.resumes] == ["closed"]
+            with pytest.raises(AuthenticationFailed):
+                unchecked.get(15)
+    finally:
+        if not admin.status()["enabled"]:
+            admin.enable()
+    # Enabling again drew a new secret, so the tokens of the matrix callers are gone; they log in again.
+    remember_token(world, reader)
+
+
 def test_history_names_authenticated_user(world: World) -> None:
     spec = world.spec
     writer = world.callers["write_only"]
