@@ -265,13 +265,18 @@ def status(spec: ClusterSpec, *, timeout_s: float = 2.0) -> dict[str, Any]:
     leaders = {info.get("leader") for info in members.values() if info.get("role") == "leader"}
     leader = leaders.pop() if len(leaders) == 1 else ""
     terms = [info["term"] for info in members.values() if "term" in info]
+    # The leader has applied every committed auth change. Without a leader, any member reports.
+    reporter: dict[str, Any] = members.get(leader) or next((info for info in members.values() if "auth_enabled" in info), {})
+    auth = "unknown"
+    if reporter:
+        auth = "enabled" if reporter.get("auth_enabled") else "disabled"
     return {
         "leader": leader,
         "term": max(terms) if terms else 0,
         "members": members,
         "stores": stores,
         "hubs": hub_statistics,
-        "auth": "disabled",
+        "auth": auth,
     }
 
 

@@ -18,11 +18,15 @@ Calls:
   leadership with ReadIndex and waits until that index is applied here.
   "serializable" reads the local state at once.
 - `receive(batch)` takes Raft messages from peers' transports.
+- `authenticate(user, password)` returns a token; `issue_token` lets an admin
+  mint a long-lived one for a service. With auth enabled, `propose`, `read`
+  and `history` need a token (see `auth_guard.py` and docs/auth.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import resource
@@ -33,15 +37,17 @@ from typing import Any
 
 import ray
 
+from rayconf.actors import auth_guard
 from rayconf.actors.raft.types import Message, MessageType, NodeId
 from rayconf.actors.replica_chunks import ReplicaChunks, chunk_digests_of
 from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
 from rayconf.actors.transport import Transport
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
+from rayconf.store.auth import SECRET_BYTES, authorize_command, require_admin
 from rayconf.store.limits import Limits
 from rayconf.store.mvcc import ApplyResult
 from rayconf.store.validation import check_command
-from rayconf.store.records import Command, HistoryEntry, RangeRequest, RangeResponse
+from rayconf.store.records import AuthChange, Command, HistoryEntry, RangeRequest, RangeResponse
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +93,7 @@ class ReplicaActor:
         self._next_tick = self._started + self.tick_s
         # When a leader's append, heartbeat or snapshot last arrived; 0 for never.
         self._leader_contact = 0.0
+        self._logins = auth_guard.LoginLimiter()
         self._loop_task = asyncio.get_event_loop().create_task(self._run())
         logger.info("replica actor %s up, data in %s", member, directory)
 
@@ -192,12 +199,13 @@ class ReplicaActor:
     # --- Calls from clients. ---
 
     async def propose(self, command: Command, timeout_s: float = 5.0,
-                      chunk_refs: dict[bytes, Any] | None = None) -> ApplyResult:
+                      chunk_refs: dict[bytes, Any] | None = None, token: str | None = None) -> ApplyResult:
         """Replicate `command` and return its result once applied here on the leader.
 
         Raises `NotLeader` when this member is not the leader, and `Unavailable`
         when the command was not applied within `timeout_s`. In that case it
-        may still apply later, so retry with the same request id.
+        may still apply later, so retry with the same request id. With auth
+        enabled, the principal becomes the user that `token` proves.
 
         A command whose values are chunk manifests comes with `chunk_refs`,
         the ObjectRefs of the chunks by sha256 digest. The command is proposed
@@ -205,6 +213,7 @@ class ReplicaActor:
         """
         # A bad command is rejected here, before it costs a log entry on every member.
         check_command(command, self.core.state.limits)
+        command = self._authenticate_command(command, token)
         digests = chunk_digests_of(command, self.core.state.limits)
         if not self.core.is_leader():
             raise NotLeader(f"{self.member} is not the leader; the leader is {self.core.leader or 'unknown'}",
@@ -233,12 +242,13 @@ class ReplicaActor:
             ) from None
 
     async def read(self, request: RangeRequest, consistency: str = "linearizable",
-                   timeout_s: float = 5.0) -> RangeResponse:
+                   timeout_s: float = 5.0, token: str | None = None) -> RangeResponse:
         """Serve a range at the given consistency ("linearizable" or "serializable")."""
         if consistency == "linearizable":
             await self._confirm_read_index(timeout_s)
         elif consistency != "serializable":
             raise InvalidRequest(f"consistency {consistency!r} is unknown; use 'linearizable' or 'serializable'")
+        auth_guard.authorize_read(self.core.state.auth, token, request.key, request.range_end)
         return self.core.state.range(request)
 
     async def read_index(self, timeout_s: float = 5.0) -> int:
@@ -326,8 +336,67 @@ class ReplicaActor:
         """
         return self.chunks.statistics()
 
-    async def history(self, key: bytes, limit: int = 0) -> list[HistoryEntry]:
+    async def history(self, key: bytes, limit: int = 0, token: str | None = None) -> list[HistoryEntry]:
+        auth_guard.authorize_read(self.core.state.auth, token, key, None)
         return self.core.state.history(key, limit=limit)
+
+    # --- Access control. ---
+
+    def _authenticate_command(self, command: Command, token: str | None) -> Command:
+        """Return `command` with its principal set from `token`, and a fresh secret for auth_enable.
+
+        The permission check here is early rejection only; the state machine
+        checks again when it applies the command.
+        """
+        auth = self.core.state.auth
+        if isinstance(command.body, AuthChange) and command.body.action == "auth_enable":
+            command = dataclasses.replace(command, body=dataclasses.replace(command.body,
+                                                                            secret=os.urandom(SECRET_BYTES)))
+        if not auth.enabled:
+            return command
+        user = auth_guard.authenticated_user(auth, token)
+        command = dataclasses.replace(command, principal=user)
+        authorize_command(auth, command)
+        return command
+
+    async def authenticate(self, user: str, password: str,
+                           ttl_s: float = auth_guard.TOKEN_TTL_S_DEFAULT) -> dict[str, Any]:
+        """Check a password and return {"token", "expires_ms", "user"}; the token is "" with auth disabled.
+
+        Failed logins are rate-limited per user (see `LoginLimiter`). The
+        scrypt check runs in a thread, so the Raft loop keeps ticking.
+        """
+        auth = self.core.state.auth
+        if not auth.enabled:
+            return {"token": "", "expires_ms": 0, "user": user}
+        self._logins.check(user, time.monotonic())
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, auth_guard.check_login, auth, user,
+                                                                     password)
+        except RayconfError:
+            self._logins.failed(user, time.monotonic())
+            logger.warning("replica %s: failed login of user %r", self.member, user)
+            raise
+        self._logins.succeeded(user)
+        return auth_guard.issue_token(auth, found, ttl_s)
+
+    async def issue_token(self, token: str | None, user: str, ttl_s: float) -> dict[str, Any]:
+        """Return a token for `user` valid for `ttl_s`, for a service; the caller must be an admin."""
+        auth = self.core.state.auth
+        if not auth.enabled:
+            raise InvalidRequest("auth is disabled, so tokens are not checked; enable auth first")
+        require_admin(auth, auth_guard.authenticated_user(auth, token), "issue token")
+        found = auth.users.get(user)
+        if found is None:
+            raise InvalidRequest(f"user {user!r} does not exist; add it with `rayconf user add`")
+        logger.info("replica %s issued a token for user %r valid %.0f s", self.member, user, ttl_s)
+        return auth_guard.issue_token(auth, found, ttl_s)
+
+    async def auth_info(self, token: str | None = None) -> dict[str, Any]:
+        """Return users, roles and permissions (no hashes, salts or secret); an admin's call when auth is on."""
+        auth = self.core.state.auth
+        require_admin(auth, auth_guard.authenticated_user(auth, token), "user and role listing")
+        return auth.describe()
 
     async def take_snapshot(self) -> int:
         return self.core.take_snapshot()
@@ -342,6 +411,9 @@ class ReplicaActor:
         status["pid"] = os.getpid()
         # Peak resident memory of this process, in KiB on Linux.
         status["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        status["auth_enabled"] = self.core.state.auth.enabled
+        status["auth_revision"] = self.core.state.auth.revision
+        status.update(self._logins.statistics())
         return status
 
     async def set_faults(self, blocked: list[tuple[NodeId, NodeId]], drop_probability: float = 0.0,

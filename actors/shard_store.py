@@ -28,6 +28,9 @@ ReadIndex call: a read joins the next call that starts after it arrived, never
 one already in flight, because that call may have been answered before the
 read began.
 
+With auth enabled, every read carries a token, checked against the store's
+own copy of the auth state once the store has reached the read's index.
+
 Every read may carry `min_revision`: the store waits until it has applied
 that revision, which gives a client read-your-writes in any data center.
 """
@@ -42,6 +45,7 @@ from typing import Any
 
 import ray
 
+from rayconf.actors.auth_guard import authorize_read
 from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
 from rayconf.actors.transport import replica_actor_name
 from rayconf.errors import InvalidRequest, NotLeader, Unavailable
@@ -128,14 +132,16 @@ class ShardStoreActor:
     # --- Reads. ---
 
     async def read(self, request: RangeRequest, consistency: str = "linearizable", min_revision: int = 0,
-                   max_staleness_ms: int | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+                   max_staleness_ms: int | None = None, timeout_s: float = 5.0,
+                   token: str | None = None) -> dict[str, Any]:
         """Serve one range; return the response with the store's revision and age."""
-        responses = await self.read_batch([request], consistency, min_revision, max_staleness_ms, timeout_s)
+        responses = await self.read_batch([request], consistency, min_revision, max_staleness_ms, timeout_s,
+                                          token)
         return responses[0]
 
     async def read_batch(self, requests: list[RangeRequest], consistency: str = "linearizable",
                          min_revision: int = 0, max_staleness_ms: int | None = None,
-                         timeout_s: float = 5.0) -> list[dict[str, Any]]:
+                         timeout_s: float = 5.0, token: str | None = None) -> list[dict[str, Any]]:
         """Serve several ranges after one consistency check, shared by all of them."""
         deadline = time.monotonic() + timeout_s
         if consistency == "linearizable":
@@ -151,6 +157,8 @@ class ShardStoreActor:
         if min_revision:
             await self._wait(lambda: self.state.revision >= min_revision, deadline,
                              f"reach revision {min_revision}")
+        for request in requests:
+            authorize_read(self.state.auth, token, request.key, request.range_end)
         results = []
         for request in requests:
             response: RangeResponse = self.state.range(request)
@@ -257,4 +265,6 @@ class ShardStoreActor:
             "leader": self.leader,
             "read_index_calls": self.read_index_calls,
             "read_index_direct_calls": self.read_index_direct_calls,
+            "auth_enabled": self.state.auth.enabled,
+            "auth_revision": self.state.auth.revision,
         }

@@ -14,6 +14,11 @@ none. A hub restart loses every session: the next call raises
 `SessionExpired`, and the client resumes each watch on a new session from the
 last revision it delivered.
 
+With auth enabled, each watch is created with its user's token, and the hub
+checks it against its own copy of the auth state. It rejects a watch whose
+key or prefix the user may not read. At each poll it drops events of keys
+the user may no longer read, and cancels the watches of revoked tokens.
+
 Ray calls on this async actor interleave only at `await` points, so each core
 method runs whole, and a revision is queued for every watcher before any
 poll can see it.
@@ -22,6 +27,7 @@ poll can see it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import tempfile
 import time
@@ -30,6 +36,7 @@ from typing import Any
 
 import ray
 
+from rayconf.actors.auth_guard import authorize_read
 from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
 from rayconf.actors.watch_core import WatchHubCore
 from rayconf.actors.watch_records import (
@@ -37,10 +44,12 @@ from rayconf.actors.watch_records import (
     HubSettings,
     PollReply,
     SessionExpired,
+    WatchBatch,
     WatchCancel,
+    WatchItem,
     WatchRequest,
 )
-from rayconf.errors import Compacted, InvalidRequest, Unavailable
+from rayconf.errors import AuthError, Compacted, InvalidRequest, Unavailable
 from rayconf.store.mvcc import MVCC
 from rayconf.store.records import TxnResponse
 
@@ -79,6 +88,8 @@ class WatchHubActor:
         self.following = ""
         self.core = WatchHubCore(self.settings, self.state, on_ready=self._wake_session)
         self._session_events: dict[str, asyncio.Event] = {}
+        # (session id, watch id) -> (user, user generation) of watches created with auth enabled.
+        self._watch_users: dict[tuple[str, int], tuple[str, int]] = {}
         self._catch_up_wake = asyncio.Event()
         # Set once the hub has applied what its replica had applied when the hub started.
         self._ready = asyncio.Event()
@@ -175,21 +186,35 @@ class WatchHubActor:
         return {"hub": self.name, "revision": self.core.revision}
 
     async def create_watches(self, session_id: str, requests: list[tuple[int, WatchRequest]],
-                             min_revision: int = 0) -> list[Any]:
-        """Add watches; return per watch its first revision, or a COMPACTED `WatchCancel`.
+                             min_revision: int = 0, tokens: dict[int, str] | None = None) -> list[Any]:
+        """Add watches; return per watch its first revision, or a COMPACTED or PERMISSION_DENIED `WatchCancel`.
 
         With `min_revision`, the hub first waits until it has applied that
         revision, so a watch "from now" starts after a write the client made.
+        `tokens` maps watch ids to their users' tokens when auth is enabled.
         """
         try:
             await asyncio.wait_for(self._ready.wait(), timeout=READY_WAIT_S)
             await asyncio.wait_for(self._wait_revision(min_revision), timeout=READY_WAIT_S)
+            if self.state.auth.enabled:
+                # Auth changes carry no key revision, so `min_revision` cannot
+                # order them; the leader's commit index does.
+                await asyncio.wait_for(self._wait_commit_index(), timeout=READY_WAIT_S)
         except asyncio.TimeoutError:
             raise Unavailable(f"hub {self.name} did not reach revision {max(min_revision, 1)} and catch up with "
                               f"its replica within {READY_WAIT_S} s (it is at revision {self.state.revision}); "
                               "retry or use another hub") from None
         results: list[Any] = []
         for watch_id, request in requests:
+            try:
+                user = authorize_read(self.state.auth, (tokens or {}).get(watch_id), request.key, request.range_end)
+            except AuthError as error:
+                logger.info("hub %s rejected watch %d of session %s: %s", self.name, watch_id, session_id, error)
+                results.append(WatchCancel(CancelReason.PERMISSION_DENIED, str(error), error_type=type(error).__name__,
+                                           user=getattr(error, "user", "")))
+                continue
+            if user:
+                self._watch_users[(session_id, watch_id)] = (user, self.state.auth.users[user].generation)
             try:
                 results.append(self.core.create(session_id, watch_id, request))
             except Compacted as error:
@@ -200,6 +225,23 @@ class WatchHubActor:
         self._catch_up_wake.set()
         return results
 
+    async def _wait_commit_index(self) -> None:
+        """Wait until this hub has applied what the leader had committed when the call began."""
+        from rayconf.actors.transport import replica_actor_name
+
+        for member in self.replicas:
+            try:
+                handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
+                index: int = await handle.read_index.remote(READY_WAIT_S)
+                break
+            except (ValueError, ray.exceptions.RayError) as error:
+                logger.info("hub %s: replica %s gave no read index: %s", self.name, member, type(error).__name__)
+        else:
+            raise Unavailable(f"hub {self.name} found no replica to confirm the auth state; retry")
+        async with self._applied:
+            while self.state.applied_index < index:
+                await self._applied.wait()
+
     async def _wait_revision(self, revision: int) -> None:
         async with self._applied:
             while self.state.revision < revision:
@@ -208,6 +250,7 @@ class WatchHubActor:
     async def cancel_watches(self, session_id: str, watch_ids: list[int]) -> None:
         for watch_id in watch_ids:
             self.core.cancel(session_id, watch_id)
+            self._watch_users.pop((session_id, watch_id), None)
 
     async def request_progress(self, session_id: str, watch_ids: list[int] | None = None) -> None:
         self.core.request_progress(session_id, watch_ids)
@@ -222,7 +265,7 @@ class WatchHubActor:
         while True:
             event = self._session_events.setdefault(session_id, asyncio.Event())
             event.clear()
-            reply = self.core.take(session_id, paused_ids)
+            reply = self._filter_for_users(session_id, self.core.take(session_id, paused_ids))
             if reply.items:
                 self._catch_up_wake.set()
                 return reply
@@ -237,6 +280,52 @@ class WatchHubActor:
     async def close_session(self, session_id: str) -> None:
         self.core.close_session(session_id)
         self._session_events.pop(session_id, None)
+        for key in [key for key in self._watch_users if key[0] == session_id]:
+            del self._watch_users[key]
+
+    def _filter_for_users(self, session_id: str, reply: PollReply) -> PollReply:
+        """Drop events each watch's user may not read now, and cancel watches of revoked users.
+
+        A watch created while auth was disabled has no user. Its client gets a
+        CLOSED cancel instead of its events, and re-creates the watch from the
+        same revision with its token, which the hub then checks.
+        """
+        auth = self.state.auth
+        if not auth.enabled:
+            return reply
+        for watch_id, items in list(reply.items.items()):
+            owner = self._watch_users.get((session_id, watch_id))
+            if owner is None:
+                if not any(isinstance(item, WatchCancel) for item in items):
+                    logger.info("hub %s closed watch %d of session %s: it has no user and auth is enabled",
+                                self.name, watch_id, session_id)
+                    self.core.cancel(session_id, watch_id)
+                    reply.items[watch_id] = [WatchCancel(CancelReason.CLOSED, "auth was enabled after the watch "
+                                                         "was created; re-create it with a token")]
+                continue
+            user_name, generation = owner
+            user = auth.users.get(user_name)
+            if user is None or user.generation != generation:
+                logger.info("hub %s cancelled watch %d of session %s: the token of user %r was revoked",
+                            self.name, watch_id, session_id, user_name)
+                self.core.cancel(session_id, watch_id)
+                del self._watch_users[(session_id, watch_id)]
+                reply.items[watch_id] = [WatchCancel(CancelReason.PERMISSION_DENIED,
+                                                     f"the token of user {user_name!r} was revoked; log in "
+                                                     "again and watch again",
+                                                     error_type="AuthenticationFailed", user=user_name)]
+                continue
+            delivered: list[WatchItem] = []
+            for item in items:
+                if isinstance(item, WatchBatch) and item.events:
+                    events = tuple(event for event in item.events
+                                   if auth.allows(user_name, "read", event.kv.key, None))
+                    if not events:
+                        continue
+                    item = dataclasses.replace(item, events=events)
+                delivered.append(item)
+            reply.items[watch_id] = delivered
+        return reply
 
     async def statistics(self) -> dict[str, Any]:
         return {
@@ -250,8 +339,12 @@ class WatchHubActor:
         }
 
     async def history_events(self, start_revision: int, key: bytes = b"",
-                             range_end: bytes | None = b"") -> list[Any]:
-        """Return the hub's MVCC events from `start_revision`; raises `Compacted` at or below the compact revision."""
+                             range_end: bytes | None = b"", token: str | None = None) -> list[Any]:
+        """Return the hub's MVCC events from `start_revision`; raises `Compacted` at or below the compact revision.
+
+        With auth enabled, the token's user needs read on the whole key or range.
+        """
+        authorize_read(self.state.auth, token, key, range_end)
         return self.state.events(start_revision, key, range_end)
 
     async def ping(self) -> str:

@@ -103,6 +103,7 @@ class CancelReason(enum.Enum):
     LAGGING = "lagging"
     COMPACTED = "compacted"
     CLOSED = "closed"
+    PERMISSION_DENIED = "permission_denied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +113,17 @@ class WatchCancel:
     LAGGING: the watcher's queue overflowed; resume from `resume_revision`.
     COMPACTED: the watch needs revisions at or below `compact_revision`.
     CLOSED: the hub dropped the watch (the client cancelled it, or the hub stops).
+    PERMISSION_DENIED: the watch's user may not read its prefix, or its token
+    was revoked; `message` says which.
     """
 
     reason: CancelReason
     message: str
     resume_revision: int = 0
     compact_revision: int = 0
+    # PERMISSION_DENIED: "AuthenticationFailed" or "PermissionDenied", and the user it concerns.
+    error_type: str = ""
+    user: str = ""
 
 
 WatchItem = WatchBatch | WatchCancel

@@ -58,8 +58,16 @@ class AsyncClient:
     """An asyncio connection to one rayconf cluster. See `Client` for the arguments."""
 
     def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "",
-                 data_center: str | None = None, session: bool = True) -> None:
+                 data_center: str | None = None, session: bool = True, token: str | None = None,
+                 token_source: Callable[[], str | None] | None = None) -> None:
+        """See `Client`. With auth enabled, give `token`, or `token_source`, which returns a fresh token.
+
+        `Client.aio` passes its own login as `token_source`, so a client with
+        a user and password works in both forms.
+        """
         self.spec = spec
+        self._token = token
+        self._token_source = token_source
         self.timeout_s = timeout_s
         self.principal = principal
         self.data_center = data_center or spec.data_centers[0].name
@@ -115,6 +123,12 @@ class AsyncClient:
         return Command(body, request_id=f"{self._client_id}:{next(self._sequence)}", principal=self.principal,
                        time_ms=int(time.time() * 1000), note=note)
 
+    async def _current_token(self) -> str | None:
+        if self._token_source is None:
+            return self._token
+        # The source may log in over Ray with a blocking call, so it runs in a thread.
+        return await asyncio.to_thread(self._token_source)
+
     async def _propose(self, command: Command, chunk_refs: dict[bytes, Any] | None = None) -> Any:
         async def attempt() -> Any:
             handle = find_replica(self.spec, await self._find_leader())
@@ -122,10 +136,11 @@ class AsyncClient:
                 self._leader = ""
                 raise Unavailable("the leader's replica is not running")
             try:
+                token = await self._current_token()
                 if chunk_refs:
-                    call = handle.propose.remote(command, self.timeout_s / 2, chunk_refs)
+                    call = handle.propose.remote(command, self.timeout_s / 2, chunk_refs, token=token)
                     return await asyncio.wait_for(call, timeout=self.timeout_s + 1)
-                return await asyncio.wait_for(handle.propose.remote(command), timeout=self.timeout_s)
+                return await asyncio.wait_for(handle.propose.remote(command, token=token), timeout=self.timeout_s)
             except NotLeader as error:
                 self._leader = error.leader_hint or ""
                 raise
@@ -189,7 +204,8 @@ class AsyncClient:
             if handle is None:
                 raise Unavailable(f"shard store {store} is not running")
             replies = await asyncio.wait_for(
-                handle.read_batch.remote(batch.requests, mode, min_revision, staleness_ms, self.timeout_s),
+                handle.read_batch.remote(batch.requests, mode, min_revision, staleness_ms, self.timeout_s,
+                                         await self._current_token()),
                 timeout=self.timeout_s + 1,
             )
         except BaseException as error:  # every waiter gets the same failure
@@ -208,7 +224,7 @@ class AsyncClient:
             handle = find_replica(self.spec, await self._find_leader())
             if handle is None:
                 raise Unavailable("the leader's replica is not running")
-            entries: list[HistoryEntry] = await handle.history.remote(raw, limit)
+            entries: list[HistoryEntry] = await handle.history.remote(raw, limit, await self._current_token())
             return entries
         entries = await self._retry(attempt, "history")
         return await asyncio.to_thread(self.large_values.resolve_history, entries)

@@ -14,6 +14,7 @@ import base64
 import getpass
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,7 +26,8 @@ from rayconf.errors import RayconfError
 logger = logging.getLogger(__name__)
 
 COMMANDS = ("serve", "up", "down", "status", "put", "get", "ls", "del", "history", "txn", "cas",
-            "import", "export", "revert", "compact", "watch")
+            "import", "export", "revert", "compact", "watch", "auth", "user", "role")
+AUTH_COMMANDS = ("auth", "user", "role")
 
 
 def add_cluster_parsers(subparsers: Any) -> None:
@@ -40,8 +42,14 @@ def add_cluster_parsers(subparsers: Any) -> None:
                         help="seconds to wait for the cluster before failing (default: 10)")
     common.add_argument("-o", "--output", choices=("text", "json"), default="text",
                         help="output format: text for people, json for one object per line")
-    common.add_argument("--user", default=getpass.getuser(),
-                        help="principal recorded in the change records of writes (default: the login name)")
+    common.add_argument("--user", default=os.environ.get("RAYCONF_USER") or getpass.getuser(),
+                        help="user to authenticate as when auth is enabled, and the principal recorded in "
+                             "change records (default: $RAYCONF_USER, else the login name)")
+    common.add_argument("--password-file", type=Path,
+                        help="file whose first line is the password of --user (default: $RAYCONF_PASSWORD)")
+    common.add_argument("--token", default=None,
+                        help="token to send instead of a password, such as a service token (default: "
+                             "$RAYCONF_TOKEN; prefer the variable, because arguments show in process lists)")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], help=help_text,
@@ -128,12 +136,17 @@ def add_cluster_parsers(subparsers: Any) -> None:
     watch.add_argument("--max-events", type=int, default=0,
                        help="stop after this many events (default: 0, run until Ctrl-C)")
 
+    from rayconf.clients.auth_commands import add_auth_parsers
+
+    add_auth_parsers(add)
+
 
 def run_cluster_command(arguments: argparse.Namespace) -> int:
     """Run one cluster command; print a typed error and return 1 when it fails."""
-    from rayconf.clients import commands
+    from rayconf.clients import auth_commands, commands
 
-    handler = getattr(commands, "command_" + arguments.command.replace("-", "_"))
+    module = auth_commands if arguments.command in AUTH_COMMANDS else commands
+    handler = getattr(module, "command_" + arguments.command.replace("-", "_"))
     try:
         result: int = handler(arguments)
         return result

@@ -6,6 +6,10 @@ actors. Retrying a write is safe because the state machine applies a request
 id at most once, as long as the id is among the `dedup_request_ids_max`
 latest ones it remembers. Reads default to linearizable, and may go to any member.
 
+With auth enabled, the client logs in with `user` and `password` and
+sends the token with every call, logging in again when the token expires or
+is revoked; or it sends a `token` it was given, such as a service token.
+
 Keys are paths, given as text (`"/app/x"`) or as UTF-8 bytes, and both are
 checked by the path rules. A range prefix given as bytes is used as it is.
 """
@@ -29,9 +33,10 @@ from sortedcontainers import SortedList
 
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
 from rayconf.clients.large_values import LargeValues, manifest_of, value_too_large
-from rayconf.errors import InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
+from rayconf.errors import AuthenticationFailed, InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
 from rayconf.store.keys import DirectoryEntry, iter_children, prefix_end, validate_directory, validate_path
 from rayconf.store.records import (
+    AuthChange,
     Command,
     Compact,
     CompactResponse,
@@ -71,6 +76,10 @@ def parse_consistency(consistency: Consistency) -> tuple[str, int | None]:
     return consistency, None
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
+# A token this close to its expiry is renewed before the next call.
+TOKEN_RENEW_MARGIN_MS = 10_000
+# With auth disabled, a client with a password checks this often whether auth is on.
+AUTH_RECHECK_MS = 5_000
 
 
 def to_key(path: str | bytes) -> bytes:
@@ -86,17 +95,26 @@ class Client:
     """A connection to one rayconf cluster, through its replica actors."""
 
     def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "",
-                 data_center: str | None = None, session: bool = True) -> None:
+                 data_center: str | None = None, session: bool = True, user: str | None = None,
+                 password: str | None = None, token: str | None = None) -> None:
         """Connect to the cluster of `spec`.
 
         Reads go to a shard store of `data_center` (default: the
         RAYCONF_DATA_CENTER environment variable, else the spec's first data
         center), or to a replica when that data center has no store. With
         `session`, every read waits for the newest revision this client wrote.
+        `user` with `password`, or `token`, authenticate the client when auth
+        is enabled; with auth disabled, `user` is only the recorded principal.
         """
         self.spec = spec
         self.timeout_s = timeout_s
-        self.principal = principal
+        self.principal = user or principal
+        self.user = user or principal
+        # Kept only in memory, to log in again when the token expires.
+        self._password = password
+        self._token = token
+        # Expiry of `_token` in ms since the epoch; 0 when unknown (a token given by the caller).
+        self._token_expires_ms = 0
         self.data_center = data_center or os.environ.get("RAYCONF_DATA_CENTER") or spec.data_centers[0].name
         if self.data_center not in {dc.name for dc in spec.data_centers}:
             raise InvalidRequest(f"data center {self.data_center!r} is not in the cluster spec; choose one of "
@@ -113,13 +131,54 @@ class Client:
         self.last_revision = 0
         self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s)
 
+    def __repr__(self) -> str:
+        # Never shows the password or the token.
+        return f"Client(namespace={self.spec.namespace!r}, user={self.user!r}, data_center={self.data_center!r})"
+
+    @property
+    def auth(self) -> Any:
+        """User, role and auth administration (an `AuthAdmin`)."""
+        from rayconf.clients.auth_admin import AuthAdmin
+        return AuthAdmin(self)
+
+    # --- Credentials. ---
+
+    def current_token(self) -> str | None:
+        """Return the token to send: the caller's, or a login token renewed before it expires."""
+        if self._password is None:
+            return self._token
+        now_ms = int(time.time() * 1000)
+        if self._token is None or (self._token_expires_ms and now_ms > self._token_expires_ms - TOKEN_RENEW_MARGIN_MS):
+            self.login()
+        return self._token
+
+    def login(self) -> None:
+        """Log in with the user and password; raises `AuthenticationFailed` or `TooManyLoginAttempts`."""
+        if self._password is None:
+            raise InvalidRequest("this client has no password; pass user= and password=, or token=")
+        handle = find_replica(self.spec, self._find_leader())
+        if handle is None:
+            raise Unavailable("the leader is not running; retry the login")
+        try:
+            reply = ray.get(handle.authenticate.remote(self.user, self._password), timeout=self.timeout_s)
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, RayconfError):
+                raise error.cause from None
+            raise
+        if reply["token"]:
+            self._token, self._token_expires_ms = reply["token"], reply["expires_ms"]
+        else:
+            # Auth is disabled: no token, and ask again after a while.
+            self._token, self._token_expires_ms = "", int(time.time() * 1000) + AUTH_RECHECK_MS
+
     @property
     def aio(self) -> Any:
         """The asyncio form of this client (an `AsyncClient` with the same settings)."""
         if self._aio is None:
             from rayconf.clients.async_client import AsyncClient
             self._aio = AsyncClient(self.spec, timeout_s=self.timeout_s, principal=self.principal,
-                                    data_center=self.data_center, session=self.session)
+                                    data_center=self.data_center, session=self.session,
+                                    token_source=self.current_token)
         return self._aio
 
     # --- Writes. ---
@@ -204,7 +263,7 @@ class Client:
         assert isinstance(result, CompactResponse)
         return result
 
-    def _command(self, body: Txn | Compact, note: str) -> Command:
+    def _command(self, body: Txn | Compact | AuthChange, note: str) -> Command:
         request_id = f"{self._client_id}:{next(self._sequence)}"
         return Command(body, request_id=request_id, principal=self.principal,
                        time_ms=int(time.time() * 1000), note=note)
@@ -220,9 +279,10 @@ class Client:
                 if chunk_refs:
                     # The leader spends up to half the time copying chunks to
                     # the voters and up to half waiting for the entry to apply.
-                    call = handle.propose.remote(command, self.timeout_s / 2, chunk_refs)
+                    call = handle.propose.remote(command, self.timeout_s / 2, chunk_refs,
+                                                 token=self.current_token())
                     return ray.get(call, timeout=self.timeout_s + 1)
-                return ray.get(handle.propose.remote(command), timeout=self.timeout_s)
+                return ray.get(handle.propose.remote(command, token=self.current_token()), timeout=self.timeout_s)
             except NotLeader as error:
                 self._leader = error.leader_hint or ""
                 raise
@@ -242,6 +302,8 @@ class Client:
         from rayconf.clients.watch import watch
 
         options.setdefault("data_center", self.data_center)
+        if self._password is not None or self._token:
+            options.setdefault("token_source", self.current_token)
         if self.session:
             options.setdefault("min_revision", self.last_revision)
         return watch(self.spec, prefix_or_key, **options)
@@ -295,7 +357,8 @@ class Client:
                 handle = find_store(self.spec, store)
                 if handle is None:
                     raise Unavailable(f"shard store {store} is not running")
-                reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, self.timeout_s),
+                reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, self.timeout_s,
+                                                   self.current_token()),
                                 timeout=self.timeout_s + 1)
                 response: RangeResponse = reply["response"]
                 self.last_read = {"store": reply["store"], "age_ms": reply["age_ms"], "revision": response.revision}
@@ -304,7 +367,7 @@ class Client:
             replica = find_replica(self.spec, member)
             if replica is None:
                 raise Unavailable(f"replica {member} is not running")
-            response = ray.get(replica.read.remote(request, mode), timeout=self.timeout_s)
+            response = ray.get(replica.read.remote(request, mode, token=self.current_token()), timeout=self.timeout_s)
             self.last_read = {"replica": member, "age_ms": 0, "revision": response.revision}
             return response
         return self._retry(attempt, "read")
@@ -316,7 +379,8 @@ class Client:
             handle = find_replica(self.spec, self._find_leader())
             if handle is None:
                 raise Unavailable("the leader is not running")
-            entries: list[HistoryEntry] = ray.get(handle.history.remote(raw, limit), timeout=self.timeout_s)
+            entries: list[HistoryEntry] = ray.get(handle.history.remote(raw, limit, self.current_token()),
+                                                  timeout=self.timeout_s)
             return entries
         return self.large_values.resolve_history(self._retry(attempt, "history"))
 
@@ -342,11 +406,17 @@ class Client:
     def _retry(self, attempt: Callable[[], T], what: str) -> T:
         deadline = time.monotonic() + self.timeout_s
         delay = BACKOFF_INITIAL_S
+        logged_in_again = False
         while True:
             try:
                 return attempt()
             except ray.exceptions.RayTaskError as error:
                 cause = error.cause
+                if isinstance(cause, AuthenticationFailed) and self._can_log_in_again(logged_in_again):
+                    # The token expired or was revoked: log in once more and retry at once.
+                    self._token = None
+                    logged_in_again = True
+                    continue
                 if isinstance(cause, (NotLeader, Unavailable)):
                     last: Exception = cause
                 elif isinstance(cause, RayconfError):
@@ -367,6 +437,11 @@ class Client:
             logger.debug("%s failed (%s); retrying in %.2f s", what, last, delay)
             time.sleep(delay * (0.5 + self._random.random()))
             delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+    def _can_log_in_again(self, already: bool) -> bool:
+        # An empty token means auth was disabled at the last login; it may be on now.
+        return not already and self._password is not None and self._token is not None
 
 
 def cas_guard(key: bytes, expected: bytes | None, value: bytes) -> Txn:

@@ -71,7 +71,26 @@ def connect(arguments: argparse.Namespace) -> Client:
                 f"no running Ray instance at {arguments.address!r} ({error}); start the cluster with "
                 "`rayconf serve` or `rayconf up`"
             ) from error
-    return Client(spec, timeout_s=arguments.timeout, principal=arguments.user)
+    password, token = credentials_of(arguments)
+    return Client(spec, timeout_s=arguments.timeout, principal=arguments.user, user=arguments.user,
+                  password=password, token=token)
+
+
+def credentials_of(arguments: argparse.Namespace) -> tuple[str | None, str | None]:
+    """Return (password, token) from --password-file and --token, else RAYCONF_PASSWORD and RAYCONF_TOKEN.
+
+    A token, when given, is used alone.
+    """
+    token = arguments.token or os.environ.get("RAYCONF_TOKEN") or None
+    if token:
+        return None, token
+    if arguments.password_file is not None:
+        lines = arguments.password_file.read_text(encoding="utf-8").splitlines()
+        if not lines or not lines[0]:
+            raise InvalidRequest(f"password file {arguments.password_file} is empty; put the password on its "
+                                 "first line")
+        return lines[0], token
+    return os.environ.get("RAYCONF_PASSWORD") or None, token
 
 
 def kv_record(kv: KeyValue) -> dict[str, Any]:
@@ -373,7 +392,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     client = connect(arguments)
     printed = 0
     changes = watch(client.spec, arguments.prefix, prefix=not arguments.key, start_revision=arguments.from_revision,
-                    prev_kv=arguments.prev_kv, data_center=client.data_center)
+                    prev_kv=arguments.prev_kv, data_center=client.data_center, token_source=client.current_token)
     try:
         with changes:
             for batch in changes:

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rayconf.actors.cluster import ClusterSpec
@@ -53,7 +53,7 @@ class Watch:
     """One watch: a sync and async iterator of `WatchBatch`; close it when done."""
 
     def __init__(self, stream: WatchStream, request: WatchRequest, buffer_batches_max: int,
-                 min_revision: int = 0) -> None:
+                 min_revision: int = 0, token_source: Callable[[], str | None] | None = None) -> None:
         if buffer_batches_max < 2:
             raise InvalidRequest(f"buffer_batches_max is {buffer_batches_max}; give 2 or more")
         self.stream = stream
@@ -62,6 +62,8 @@ class Watch:
         self.buffer_batches_max = buffer_batches_max
         # A watch "from now" starts after this revision at the earliest (read-your-writes).
         self.min_revision = min_revision
+        # Returns the current token of the watch's user when auth is enabled; called on each (re)creation.
+        self.token_source = token_source
         # The oldest revision not yet delivered; 0 until the hub names the start of a watch "from now".
         self.next_revision = request.start_revision
         # The first revision of the watch, as the hub chose it for a watch "from now".
@@ -240,7 +242,8 @@ def watch_request(prefix_or_key: str | bytes, *, prefix: bool = True, start_revi
 def watch(spec: ClusterSpec, prefix_or_key: str | bytes, *, prefix: bool = True, start_revision: int = 0,
           prev_kv: bool = False, filters: Iterable[WatchFilter] = (), progress_notify: bool = False,
           min_revision: int = 0, data_center: str | None = None,
-          buffer_batches_max: int = BUFFER_BATCHES_MAX, timeout_s: float = CREATE_TIMEOUT_S) -> Watch:
+          buffer_batches_max: int = BUFFER_BATCHES_MAX, timeout_s: float = CREATE_TIMEOUT_S,
+          token_source: Callable[[], str | None] | None = None) -> Watch:
     """Start a watch and return it once a hub has accepted it.
 
     Without `start_revision`, the watch starts after the hub's current
@@ -254,7 +257,7 @@ def watch(spec: ClusterSpec, prefix_or_key: str | bytes, *, prefix: bool = True,
     request = watch_request(prefix_or_key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv,
                             filters=filters, progress_notify=progress_notify)
     stream = stream_for(spec, _data_center(spec, data_center))
-    created = Watch(stream, request, buffer_batches_max, min_revision)
+    created = Watch(stream, request, buffer_batches_max, min_revision, token_source)
     try:
         stream.submit(stream.add(created)).result(timeout=timeout_s)
     except TimeoutError:

@@ -36,7 +36,7 @@ import ray
 
 from rayconf.actors.watch_hub import find_hub, running_hubs
 from rayconf.actors.watch_records import CancelReason, SessionExpired, WatchBatch, WatchCancel
-from rayconf.errors import Compacted, Unavailable
+from rayconf.errors import AuthenticationFailed, AuthError, Compacted, PermissionDenied, Unavailable
 
 if TYPE_CHECKING:
     from rayconf.actors.cluster import ClusterSpec
@@ -170,10 +170,29 @@ class WatchStream:
         return candidates[self._random.randrange(len(candidates))]
 
     async def _create(self, session: Session, watches: list[Watch]) -> None:
+        tokens: dict[int, str] = {}
+        for watch in list(watches):
+            if watch.token_source is None:
+                continue
+            try:
+                # The source may log in again over Ray, so it runs off the loop thread.
+                token = await asyncio.to_thread(watch.token_source)
+            except AuthError as error:
+                # A failed login ends this watch alone; the stream keeps serving the others.
+                logger.info("watch %d failed to log in again: %s", watch.watch_id, error)
+                watch.fail(error)
+                self.watches.pop(watch.watch_id, None)
+                watches.remove(watch)
+                continue
+            if token:
+                tokens[watch.watch_id] = token
+        if not watches:
+            return
         requests = [(watch.watch_id, watch.hub_request()) for watch in watches]
         min_revision = max(watch.min_revision for watch in watches)
         results = await asyncio.wait_for(
-            session.handle.create_watches.remote(session.session_id, requests, min_revision), CALL_TIMEOUT_S)
+            session.handle.create_watches.remote(session.session_id, requests, min_revision, tokens or None),
+            CALL_TIMEOUT_S)
         for watch, result in zip(watches, results):
             if isinstance(result, WatchCancel):
                 self._dispatch(watch, result)
@@ -217,6 +236,11 @@ class WatchStream:
         if item.reason is CancelReason.COMPACTED:
             watch.fail(Compacted(item.message, compact_revision=item.compact_revision,
                                  requested_revision=item.resume_revision))
+            self.watches.pop(watch.watch_id, None)
+            return
+        if item.reason is CancelReason.PERMISSION_DENIED:
+            error_type = AuthenticationFailed if item.error_type == "AuthenticationFailed" else PermissionDenied
+            watch.fail(error_type(item.message, user=item.user))
             self.watches.pop(watch.watch_id, None)
             return
         if item.reason is CancelReason.LAGGING:

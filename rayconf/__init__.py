@@ -10,11 +10,15 @@ from typing import Any
 
 from rayconf import errors
 from rayconf.errors import (
+    AuthenticationFailed,
+    AuthError,
     Compacted,
     FutureRevision,
     InvalidKey,
     InvalidRequest,
+    PermissionDenied,
     RayconfError,
+    TooManyLoginAttempts,
     TooManyOperations,
     TxnFailed,
     Unavailable,
@@ -25,12 +29,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AuthError",
+    "AuthenticationFailed",
     "Client",
     "Compacted",
     "FutureRevision",
     "InvalidKey",
     "InvalidRequest",
+    "PermissionDenied",
     "RayconfError",
+    "TooManyLoginAttempts",
     "TooManyOperations",
     "TxnFailed",
     "Unavailable",

@@ -145,3 +145,38 @@ class NotLeader(Unavailable):
     def __init__(self, message: str, *, leader_hint: str | None = None) -> None:
         super().__init__(message)
         self.leader_hint = leader_hint
+
+
+# --- Access control. Messages name users and roles, never a password or a token. ---
+
+
+class AuthError(RayconfError):
+    """Base class of the access-control errors."""
+
+
+class AuthenticationFailed(AuthError):
+    """The caller is not authenticated: no credentials, a wrong password, or a bad, expired or revoked token.
+
+    `user` names the user the credentials claimed, when known.
+    """
+
+    def __init__(self, message: str, *, user: str = "") -> None:
+        super().__init__(message)
+        self.user = user
+
+
+class TooManyLoginAttempts(AuthenticationFailed):
+    """Logins of `user` failed too often; the next attempt is accepted after `retry_after_s`."""
+
+    def __init__(self, message: str, *, user: str = "", retry_after_s: float = 0.0) -> None:
+        super().__init__(message, user=user)
+        self.retry_after_s = retry_after_s
+
+
+class PermissionDenied(AuthError):
+    """The authenticated user lacks the right for the request; `user` and `right` name them."""
+
+    def __init__(self, message: str, *, user: str = "", right: str = "") -> None:
+        super().__init__(message)
+        self.user = user
+        self.right = right

@@ -17,6 +17,7 @@ import msgpack
 
 from rayconf.errors import InvalidRequest
 from rayconf.store.records import (
+    AuthChange,
     Command,
     Compact,
     Compare,
@@ -102,6 +103,9 @@ def _command_fields(command: object) -> list[Any]:
     body = command.body
     if isinstance(body, Compact):
         encoded_body: list[Any] = ["compact", body.revision]
+    elif isinstance(body, AuthChange):
+        encoded_body = ["auth", body.action, body.name, body.role, body.key, body.range_end, body.permission,
+                        body.password_hash, body.salt, body.secret]
     elif isinstance(body, Txn):
         compares = _sequence("txn compares", body.compares)
         success = _sequence("txn success", body.success)
@@ -113,7 +117,7 @@ def _command_fields(command: object) -> list[Any]:
             [_operation_fields(f"failure[{index}]", item) for index, item in enumerate(failure)],
         ]
     else:
-        raise InvalidRequest(f"command body is {type(body).__name__} {_show(body)}, expected a Txn or a Compact")
+        raise InvalidRequest(f"command body is {type(body).__name__} {_show(body)}, expected a Txn, Compact or AuthChange")
     return [COMMAND_FORMAT, encoded_body, command.request_id, command.principal, command.time_ms, command.note]
 
 
@@ -170,7 +174,9 @@ def _parse_command(fields: object) -> Command:
     kind = body_items[0]
     if kind == "compact":
         revision = _list("compact body", body_items, 2, "['compact', revision]")[1]
-        decoded_body: Txn | Compact = Compact(_int("compact revision", revision, 0, _MSGPACK_INT_MAX))
+        decoded_body: Txn | Compact | AuthChange = Compact(_int("compact revision", revision, 0, _MSGPACK_INT_MAX))
+    elif kind == "auth":
+        decoded_body = _parse_auth_change(body_items)
     elif kind == "txn":
         _, compares, success, failure = _list("txn body", body_items, 4, "['txn', compares, success, failure]")
         compare_items = _list("txn compares", compares, None, "of compares", empty=True)
@@ -182,13 +188,30 @@ def _parse_command(fields: object) -> Command:
             failure=tuple(_parse_operation(f"failure[{index}]", item) for index, item in enumerate(failure_items)),
         )
     else:
-        _reject("command body kind", kind, "'txn' or 'compact'")
+        _reject("command body kind", kind, "'txn', 'compact' or 'auth'")
     return Command(
         decoded_body,
         request_id=_str("request_id", request_id),
         principal=_str("principal", principal),
         time_ms=_int("time_ms", time_ms, 0, TIME_MS_MAX),
         note=_str("note", note),
+    )
+
+
+def _parse_auth_change(items: list[Any]) -> AuthChange:
+    shape = "['auth', action, name, role, key, range_end, permission, password_hash, salt, secret]"
+    _, action, name, role, key, range_end, permission, password_hash, salt, secret = _list(
+        "auth body", items, 10, shape)
+    return AuthChange(
+        _str("auth action", action),
+        name=_str("auth name", name),
+        role=_str("auth role", role),
+        key=_bytes("auth key", key),
+        range_end=_optional_bytes("auth range_end", range_end),
+        permission=_str("auth permission", permission),
+        password_hash=_bytes("auth password_hash", password_hash),
+        salt=_bytes("auth salt", salt),
+        secret=_bytes("auth secret", secret),
     )
 
 

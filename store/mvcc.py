@@ -21,10 +21,13 @@ from typing import Union
 
 from rayconf.errors import Compacted, FutureRevision, InvalidRequest, RayconfError
 from rayconf.store import reads
+from rayconf.store.auth import AuthState, apply_auth_change, authorize_command
 from rayconf.store.compaction import compact as compact_versions
 from rayconf.store.keys import DirectoryEntry
 from rayconf.store.limits import Limits
 from rayconf.store.records import (
+    AuthChange,
+    AuthChangeResponse,
     ChangeRecord,
     Command,
     Compact,
@@ -52,7 +55,7 @@ from rayconf.store.versions import VersionStore, live_to_kv
 
 logger = logging.getLogger(__name__)
 
-ApplyResult = Union[TxnResponse, CompactResponse, RayconfError]
+ApplyResult = Union[TxnResponse, CompactResponse, AuthChangeResponse, RayconfError]
 
 # A new store is at revision 1 and its first change gets revision 2, as in etcd.
 INITIAL_REVISION = 1
@@ -73,6 +76,8 @@ class MVCC:
         self.applied_index = 0
         # request id -> (revision, succeeded) of its first application, oldest first.
         self.request_ids: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        # Users, roles and permissions; changed only by AuthChange commands.
+        self.auth = AuthState()
 
     # --- Writes. ---
 
@@ -91,7 +96,7 @@ class MVCC:
         self.applied_index = index
         return results
 
-    def execute(self, command: Command) -> TxnResponse | CompactResponse:
+    def execute(self, command: Command) -> TxnResponse | CompactResponse | AuthChangeResponse:
         """Apply one command at the next log index and raise its error, if any."""
         result = self.apply(self.applied_index + 1, [command])[0]
         if isinstance(result, RayconfError):
@@ -130,17 +135,28 @@ class MVCC:
             if isinstance(command.body, Compact):
                 # A compaction remembers the revision it compacted at.
                 return CompactResponse(revision=self.revision, compact_revision=revision, duplicate=True)
+            if isinstance(command.body, AuthChange):
+                return AuthChangeResponse(revision=self.revision, auth_revision=self.auth.revision, duplicate=True)
             return TxnResponse(succeeded=succeeded, revision=revision, duplicate=True)
         try:
+            # Checked at apply time, against the auth state at this log index,
+            # so every replica accepts or denies the command alike.
+            authorize_command(self.auth, command)
             if isinstance(command.body, Compact):
-                result: TxnResponse | CompactResponse = self._apply_compact(command.body)
+                result: TxnResponse | CompactResponse | AuthChangeResponse = self._apply_compact(command.body)
+                succeeded = True
+            elif isinstance(command.body, AuthChange):
+                result = self._apply_auth_change(command, command.body)
                 succeeded = True
             else:
                 result = self._apply_txn(command, command.body)
                 succeeded = result.succeeded
         except RayconfError as error:
             return error
-        remembered = result.compact_revision if isinstance(result, CompactResponse) else result.revision
+        if isinstance(result, CompactResponse):
+            remembered = result.compact_revision
+        else:
+            remembered = result.revision
         self._remember_request(command.request_id, remembered, succeeded)
         self._flush_if_full()
         return result
@@ -225,6 +241,12 @@ class MVCC:
         self.compact_revision = compact.revision
         logger.info("compacted at revision %d: removed %d versions", compact.revision, removed)
         return CompactResponse(revision=self.revision, compact_revision=self.compact_revision)
+
+    def _apply_auth_change(self, command: Command, change: AuthChange) -> AuthChangeResponse:
+        apply_auth_change(self.auth, change)
+        logger.info("applied auth change %s on %r at auth revision %d by %r, note %r", change.action,
+                    change.name, self.auth.revision, command.principal, command.note)
+        return AuthChangeResponse(revision=self.revision, auth_revision=self.auth.revision)
 
     def _remember_request(self, request_id: str, revision: int, succeeded: bool) -> None:
         if not request_id:
@@ -335,10 +357,11 @@ class MVCC:
             "segments": len(versions.segments),
             "segment_versions": sum(segment.row_count for segment in versions.segments),
             "request_ids": len(self.request_ids),
+            "auth_revision": self.auth.revision,
         }
 
 
-def _command(body: Txn | Compact, header: dict[str, object]) -> Command:
+def _command(body: Txn | Compact | AuthChange, header: dict[str, object]) -> Command:
     unknown = set(header) - {"request_id", "principal", "time_ms", "note"}
     if unknown:
         raise InvalidRequest(f"unknown command fields {sorted(unknown)}; use request_id, principal, time_ms, note")

@@ -141,15 +141,51 @@ class Compact:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthChange:
+    """One change of the access-control state; `action` is a member of `AUTH_ACTIONS`.
+
+    Only the fields the action uses are set. A password travels only as its
+    scrypt hash and salt, so no log entry or snapshot contains it. `secret` is
+    the token signing key that `auth_enable` installs.
+    """
+
+    action: str
+    name: str = ""
+    role: str = ""
+    key: bytes = b""
+    range_end: bytes | None = None
+    permission: str = ""
+    # Left out of repr, so a logged or raised command shows no credential material.
+    password_hash: bytes = field(default=b"", repr=False)
+    salt: bytes = field(default=b"", repr=False)
+    secret: bytes = field(default=b"", repr=False)
+
+
+AUTH_ACTIONS = (
+    "auth_enable",
+    "auth_disable",
+    "user_add",
+    "user_delete",
+    "user_passwd",
+    "user_grant_role",
+    "user_revoke_role",
+    "role_add",
+    "role_delete",
+    "role_grant_permission",
+    "role_revoke_permission",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
-    """One replicated request: a txn or a compaction with its change metadata.
+    """One replicated request: a txn, a compaction or an auth change, with its change metadata.
 
     `request_id` makes a retried command apply at most once; empty means the
     caller does not need that protection. `time_ms` is the leader's wall clock
     at proposal, so every replica records the same time.
     """
 
-    body: Txn | Compact
+    body: Txn | Compact | AuthChange
     request_id: str = ""
     principal: str = ""
     time_ms: int = 0
@@ -197,6 +233,21 @@ class TxnResponse:
     revision: int
     responses: tuple[OperationResponse, ...] = ()
     events: tuple[Event, ...] = field(default=(), compare=False)
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChangeResponse:
+    """Outcome of an auth change: the auth revision it was applied at.
+
+    Auth changes are numbered by their own counter, as in etcd, so that every
+    key revision keeps at least one event for watches. For a `duplicate`,
+    `auth_revision` is the current auth revision, not that of the first
+    application, because request ids remember key revisions only.
+    """
+
+    revision: int
+    auth_revision: int
     duplicate: bool = False
 
 

@@ -6,6 +6,7 @@ A snapshot is a directory `snapshot-<applied index>` holding:
 - the version segments, two Arrow files each (see `segments.py`), after the
   in-memory tail has been flushed into a segment;
 - `request_ids.arrow`: the request ids remembered for deduplication, oldest first;
+- `auth.msgpack`: users, roles, permissions and the token secret (see `auth.py`);
 - `manifest.json`: counters, segment names, and the size and SHA-256 of every file.
 
 It is written into a temporary directory, every file and the directory are
@@ -30,7 +31,8 @@ import msgpack
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayconf.errors import SnapshotCorruption
+from rayconf.errors import InvalidRequest, SnapshotCorruption
+from rayconf.store.auth import AuthState
 from rayconf.store.limits import Limits
 from rayconf.store.mvcc import MVCC
 from rayconf.store.segments import read_segment, read_table, write_segment, write_table
@@ -42,6 +44,7 @@ SNAPSHOT_FORMAT = 1
 _SNAPSHOT_NAME = re.compile(r"snapshot-[0-9]{16}")
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MANIFEST = "manifest.json"
+AUTH_FILE = "auth.msgpack"
 
 LIVE_SCHEMA = pa.schema(
     [
@@ -112,6 +115,9 @@ def save(state: MVCC, parent: Path) -> Path:
     ))
     for segment in versions.segments:
         write_segment(temporary, segment)
+    # NOTE: the token secret is stored here in the clear, as in the write-ahead
+    # log; protect the data directory as a credential.
+    _write_synced(temporary / AUTH_FILE, state.auth.to_bytes())
 
     manifest: Manifest = {
         "format": SNAPSHOT_FORMAT,
@@ -171,6 +177,12 @@ def load(directory: Path | str, limits: Limits | None = None) -> MVCC:
     _require(request_table.combine_chunks(), directory / "request_ids.arrow", manifest["revision"])
     for row in request_table.to_pylist():
         state.request_ids[row["request_id"]] = (row["revision"], row["succeeded"])
+    if AUTH_FILE in manifest["files"]:
+        try:
+            state.auth = AuthState.from_bytes((directory / AUTH_FILE).read_bytes())
+        except InvalidRequest as error:
+            raise SnapshotCorruption(f"snapshot file {directory / AUTH_FILE} is malformed: {error}",
+                                     path=str(directory / AUTH_FILE)) from error
     logger.info("loaded snapshot %s at revision %d (%d live keys)", directory, state.revision, len(versions.live))
     return state
 
@@ -178,6 +190,9 @@ def load(directory: Path | str, limits: Limits | None = None) -> MVCC:
 def check_files(directory: Path, manifest: Manifest) -> None:
     """Check that the manifest names exactly the snapshot's files and that each matches."""
     expected_names = {"live.arrow", "request_ids.arrow"}
+    # Snapshots written before access control existed have no auth file.
+    if AUTH_FILE in manifest["files"]:
+        expected_names.add(AUTH_FILE)
     for name in manifest["segments"]:
         expected_names.update({f"{name}.versions.arrow", f"{name}.changes.arrow"})
     if set(manifest["files"]) != expected_names:

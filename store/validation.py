@@ -7,10 +7,12 @@ is rejected everywhere and leaves every state unchanged.
 from __future__ import annotations
 
 from rayconf.errors import InvalidKey, InvalidRequest, TooManyOperations, ValueTooLarge
+from rayconf.store.auth import check_auth_change
 from rayconf.store.keys import RANGE_END_OPEN
 from rayconf.store.limits import MIB, Limits
 from rayconf.store.manifest import decode_manifest, is_manifest
 from rayconf.store.records import (
+    AuthChange,
     Command,
     CompareOp,
     Compact,
@@ -129,8 +131,11 @@ def check_command(command: Command, limits: Limits) -> None:
         if not is_int(body.revision) or not 1 <= body.revision <= INT64_MAX:
             raise InvalidRequest(f"compact revision is {body.revision!r}; give a revision of 1 or more")
         return
+    if isinstance(body, AuthChange):
+        check_auth_change(body)
+        return
     if not isinstance(body, Txn):
-        raise InvalidRequest(f"command body must be Txn or Compact, got {type(body).__name__}")
+        raise InvalidRequest(f"command body must be Txn, Compact or AuthChange, got {type(body).__name__}")
     check_txn(body, limits)
 
 

@@ -45,11 +45,12 @@ def test_up_then_down_in_background(tmp_path: Path) -> None:
 
 def test_every_command_has_handler_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     from rayconf.__main__ import build_parser
-    from rayconf.clients import commands
-    from rayconf.clients.cli import COMMANDS
+    from rayconf.clients import auth_commands, commands
+    from rayconf.clients.cli import AUTH_COMMANDS, COMMANDS
 
     for name in COMMANDS:
-        assert hasattr(commands, "command_" + name), name
+        module = auth_commands if name in AUTH_COMMANDS else commands
+        assert hasattr(module, "command_" + name), name
         with pytest.raises(SystemExit) as exited:
             build_parser().parse_args([name, "--help"])
         assert exited.value.code == 0

@@ -23,6 +23,10 @@ SAMPLES = [
     errors.ChunkCorrupt("bad", digest="cd" * 32, path="/d/chunks/cd/cdcd"),
     errors.Unavailable("no quorum"),
     errors.NotLeader("follower", leader_hint="dc-b-1"),
+    errors.AuthError("auth"),
+    errors.AuthenticationFailed("login", user="alice"),
+    errors.TooManyLoginAttempts("slow down", user="alice", retry_after_s=2.0),
+    errors.PermissionDenied("no", user="alice", right="write"),
 ]
 
 
