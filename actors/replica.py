@@ -46,7 +46,7 @@ from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.auth import SECRET_BYTES, authorize_command, require_admin
 from rayconf.store.limits import Limits
 from rayconf.store.mvcc import ApplyResult
-from rayconf.store.validation import check_command
+from rayconf.store.validation import check_command, check_note
 from rayconf.store.records import AuthChange, Command, HistoryEntry, RangeRequest, RangeResponse
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,7 @@ class ReplicaActor:
         """
         # A bad command is rejected here, before it costs a log entry on every member.
         check_command(command, self.core.state.limits)
+        check_note(command.note)
         command = self._authenticate_command(command, token)
         digests = chunk_digests_of(command, self.core.state.limits)
         if not self.core.is_leader():

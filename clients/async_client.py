@@ -26,6 +26,7 @@ from rayconf.clients.large_values import LargeValues
 from rayconf.store.manifest import is_manifest
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.keys import prefix_end
+from rayconf.store.validation import check_note
 from rayconf.store.records import (
     Command,
     Compact,
@@ -120,6 +121,8 @@ class AsyncClient:
         return result
 
     def _command(self, body: Txn | Compact, note: str) -> Command:
+        if isinstance(note, str):
+            check_note(note)
         return Command(body, request_id=f"{self._client_id}:{next(self._sequence)}", principal=self.principal,
                        time_ms=int(time.time() * 1000), note=note)
 

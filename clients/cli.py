@@ -21,7 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from rayconf.errors import RayconfError
+from rayconf.errors import InvalidRequest, RayconfError
+from rayconf.store.keys import validate_path
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +149,41 @@ def run_cluster_command(arguments: argparse.Namespace) -> int:
     module = auth_commands if arguments.command in AUTH_COMMANDS else commands
     handler = getattr(module, "command_" + arguments.command.replace("-", "_"))
     try:
+        check_text_arguments(arguments)
         result: int = handler(arguments)
         return result
     except RayconfError as error:
         print(f"rayconf {arguments.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of the output went away (`| head`); stop quietly, as cat does.
+        sys.stdout = open(os.devnull, "w")
+        return 1
     except (OSError, UnicodeError) as error:
         # Local files: a missing --file, a directory given as a file, an unwritable --out.
-        print(f"rayconf {arguments.command}: error: {error}", file=sys.stderr)
+        print(f"rayconf {arguments.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def check_text_arguments(arguments: argparse.Namespace) -> None:
+    """Raise a typed error for an argument that is not valid UTF-8, before anything connects.
+
+    The shell passes undecodable bytes through as lone surrogates, which Ray
+    cannot encode when it records the command line, so the check comes first.
+    """
+    for name, value in vars(arguments).items():
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                if name == "key":
+                    validate_path(text)  # raises InvalidKey, which names the rule and the fix
+                raise InvalidRequest(f"{name.replace('_', '-')} {text!r} is not valid UTF-8; pass UTF-8 "
+                                     "text") from None
 
 
 def print_record(arguments: argparse.Namespace, record: dict[str, Any], text: str) -> None:

@@ -35,6 +35,7 @@ from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
 from rayconf.clients.large_values import LargeValues, manifest_of, value_too_large
 from rayconf.errors import AuthenticationFailed, InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
 from rayconf.store.keys import DirectoryEntry, iter_children, prefix_end, validate_directory, validate_path
+from rayconf.store.validation import check_note
 from rayconf.store.records import (
     AuthChange,
     Command,
@@ -264,6 +265,8 @@ class Client:
         return result
 
     def _command(self, body: Txn | Compact | AuthChange, note: str) -> Command:
+        if isinstance(note, str):
+            check_note(note)
         request_id = f"{self._client_id}:{next(self._sequence)}"
         return Command(body, request_id=request_id, principal=self.principal,
                        time_ms=int(time.time() * 1000), note=note)

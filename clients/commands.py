@@ -102,6 +102,13 @@ def kv_record(kv: KeyValue) -> dict[str, Any]:
             "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version}
 
 
+def printable(text: str) -> str:
+    """Return `text` with every unprintable character escaped, so one record stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
+
+
 def show_value(value: bytes) -> str:
     manifest = manifest_of(value)
     if manifest is not None:
@@ -125,10 +132,13 @@ def command_serve(arguments: argparse.Namespace) -> int:
         print(f"rayconf is serving: {len(spec.members())} replicas in namespace {spec.namespace!r}, "
               f"leader {state['leader']}, data in {spec.data_directory}")
         print(f"Ray address: {address}")
+        options = "" if spec.namespace == cluster.DEFAULT_NAMESPACE else f" --namespace {spec.namespace}"
         print("Try, in another terminal:")
-        print("  rayconf put /app/db/timeout 30 --note 'first value'")
-        print("  rayconf get /app/db/timeout")
-        print("  rayconf status")
+        print(f"  rayconf put /app/db/timeout 30 --note 'first value'{options}")
+        print(f"  rayconf get /app/db/timeout{options}")
+        print(f"  rayconf status{options}")
+        print(f"When other Ray instances run on this machine, add --address {address} to each command "
+              "and set RAY_AUTH_MODE=token in its environment.")
         print("Press Ctrl-C to stop; the data stays for the next start.", flush=True)
         wait_for_interrupt()
         print("stopping rayconf ...", flush=True)
@@ -184,7 +194,8 @@ def command_down(arguments: argparse.Namespace) -> int:
     pid_path = Path(spec.data_directory) / SERVE_PID_FILE
     connect(arguments)
     stopped = cluster.down(spec)
-    print(f"stopped {len(stopped)} replicas: {', '.join(stopped) or 'none were running'}; the data stays")
+    print(f"stopped {len(stopped)} replicas ({', '.join(stopped) or 'none were running'}) with the shard "
+          "stores and watch hubs; the data stays")
     if pid_path.exists():
         stop_background_server(pid_path)
     return 0
@@ -344,8 +355,8 @@ def command_history(arguments: argparse.Namespace) -> int:
                   "principal": change.principal if change else "", "note": change.note if change else "",
                   **kv_record(entry.event.kv)}
         value = "" if kind == "delete" else show_value(entry.event.kv.value)
-        text = (f"{entry.event.kv.mod_revision:>8}  {when}Z  {kind:<6}  {record['principal'] or '-':<12} "
-                f"{value!r}  {record['note']}")
+        text = (f"{entry.event.kv.mod_revision:>8}  {when}Z  {kind:<6}  {printable(record['principal']) or '-':<12} "
+                f"{value!r}  {printable(record['note'])}")
         print_record(arguments, record, text)
     return 0
 

@@ -42,7 +42,6 @@ from rayconf.store.records import (
     Txn,
     TxnResponse,
 )
-from rayconf.store.validation import check_value
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +69,13 @@ class LargeValues:
         Raises `ValueTooLarge` with the size and the limit for a value above
         `max_value_bytes`, before anything is uploaded.
         """
+        # Only the size of the caller's bytes is checked here: a value that
+        # happens to start with the manifest prefix is sent as chunks like any
+        # large value, so it must not be parsed as a manifest.
         for operation in txn.success + txn.failure:
-            if isinstance(operation, Put) and isinstance(operation.value, bytes):
-                check_value(operation.key, operation.value, self.limits)
+            if (isinstance(operation, Put) and isinstance(operation.value, bytes)
+                    and len(operation.value) > self.limits.max_value_bytes):
+                raise value_too_large(operation.key, len(operation.value), self.limits.max_value_bytes)
         refs: dict[bytes, Any] = {}
         compares = tuple(self._compare_manifest(compare) for compare in txn.compares)
         success = tuple(self._put_manifest(operation, refs) for operation in txn.success)

@@ -50,7 +50,14 @@ from rayconf.store.records import (
     TxnResponse,
 )
 from rayconf.store.segments import merge_segments
-from rayconf.store.validation import check_command, check_key, check_range, check_revision_argument, is_int
+from rayconf.store.validation import (
+    check_command,
+    check_key,
+    check_limit_argument,
+    check_range,
+    check_revision_argument,
+    is_int,
+)
 from rayconf.store.versions import VersionStore, live_to_kv
 
 logger = logging.getLogger(__name__)
@@ -295,7 +302,7 @@ class MVCC:
     def history(self, key: bytes, *, limit: int = 0) -> list[HistoryEntry]:
         """Return the retained versions of `key`, oldest first; `limit` keeps the newest ones."""
         check_key(key, self.limits)
-        check_revision_argument("history limit", limit)
+        check_limit_argument("history limit", limit)
         return reads.history(self, key, limit)
 
     def events(self, start_revision: int, key: bytes = b"", range_end: bytes | None = b"") -> list[Event]:

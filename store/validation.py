@@ -94,6 +94,13 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_limit_argument(name: str, value: object) -> int:
+    """Return `value` if it is a limit argument: 0 for "no limit" or a positive int."""
+    if not is_int(value) or not 0 <= value <= INT64_MAX:  # type: ignore[operator]
+        raise InvalidRequest(f"{name} is {value!r}; give 0 for no limit or a positive integer")
+    return value  # type: ignore[return-value]
+
+
 def check_revision_argument(name: str, value: object) -> int:
     """Return `value` if it is a revision argument: 0 for "current" or a positive int."""
     if not is_int(value) or not 0 <= value <= INT64_MAX:  # type: ignore[operator]
@@ -111,7 +118,7 @@ def check_range(request: RangeRequest, limits: Limits) -> None:
         raise InvalidRequest(f"expected a RangeRequest, got {type(request).__name__}")
     check_key(request.key, limits)
     check_range_end(request.key, request.range_end, limits)
-    check_revision_argument("range limit", request.limit)
+    check_limit_argument("range limit", request.limit)
     check_revision_argument("range revision", request.revision)
     check_flag("keys_only", request.keys_only)
     check_flag("count_only", request.count_only)
@@ -216,6 +223,20 @@ def _delete_covers(delete: DeleteRange, key: bytes) -> bool:
     if delete.range_end is None:
         return key == delete.key
     return key >= delete.key and (delete.range_end == RANGE_END_OPEN or key < delete.range_end)
+
+
+def check_note(note: str) -> None:
+    """Raise `InvalidRequest` if a write's note has a character that is not printable.
+
+    A note is one line shown in `rayconf history`, so a newline or a terminal
+    escape in it could forge lines there. Clients and the replica that takes
+    a proposal check it; the state machine does not, so logs written before
+    this check replay unchanged.
+    """
+    for position, character in enumerate(note):
+        if not character.isprintable():
+            raise InvalidRequest(f"note has the unprintable character U+{ord(character):04X} at position "
+                                 f"{position}; a note is one line of printable text, so remove it")
 
 
 def _check_text(name: str, value: object, max_bytes: int) -> None:

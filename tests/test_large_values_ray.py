@@ -22,9 +22,9 @@ from rayconf.actors.cluster import ClusterSpec, find_replica
 from rayconf.actors.replica_core import ReplicaSettings
 from rayconf.clients.client import Client
 from rayconf.clients.large_values import manifest_of
-from rayconf.errors import Unavailable, ValueTooLarge
+from rayconf.errors import InvalidRequest, Unavailable, ValueTooLarge
 from rayconf.store.limits import MIB
-from rayconf.store.manifest import split_value
+from rayconf.store.manifest import MANIFEST_PREFIX, split_value
 from rayconf.store.records import Compare, CompareOp, CompareTarget, Put, RangeRequest, Txn
 
 TEN_MIB = 10 * MIB
@@ -177,6 +177,22 @@ def test_watch_event_carries_manifest_and_fetches_value(client: Client) -> None:
     assert manifest.value_digest == hashlib.sha256(value).digest()
     assert len(kv.value) < 1024
     assert client.value_of(kv).value == value
+
+
+def test_small_value_that_starts_like_a_manifest_round_trips(client: Client) -> None:
+    # Such a value travels as chunks, so reading it back never mistakes it for a manifest.
+    value = MANIFEST_PREFIX + b"hello"
+    client.put("/large/lookalike", value)
+    kv = client.get("/large/lookalike")
+    assert kv is not None and kv.value == value
+
+
+def test_note_with_a_newline_is_rejected_and_changes_nothing(client: Client) -> None:
+    client.put("/large/noted", b"kept")
+    before = client.get("/large/noted")
+    with pytest.raises(InvalidRequest, match="unprintable character U\\+000A"):
+        client.put("/large/noted", b"changed", note="tuning\n 999 root approved")
+    assert client.get("/large/noted") == before
 
 
 def test_value_above_max_rejected_with_size_and_limit(client: Client) -> None:

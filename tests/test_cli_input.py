@@ -1,0 +1,51 @@
+"""Command-line input that must fail with a typed error before anything connects, and safe output."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayconf.__main__ import main
+from rayconf.clients.commands import printable
+from rayconf.errors import InvalidRequest
+from rayconf.store.mvcc import MVCC
+from rayconf.store.validation import check_note
+
+
+def test_key_that_is_not_utf8_gets_invalid_key_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    # The shell hands bytes that are not UTF-8 to Python as lone surrogates.
+    # The address is one nothing listens on, so reaching it would fail differently.
+    status = main(["put", "/a/\udcff", "1", "--address", "127.0.0.1:9"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert error.startswith("rayconf put: InvalidKey: invalid key path '/a/\\udcff'")
+    assert "UTF-8" in error
+
+
+def test_other_argument_that_is_not_utf8_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["put", "/a/b", "1", "--note", "bad \udcff", "--address", "127.0.0.1:9"])
+
+    assert status == 1
+    assert "rayconf put: InvalidRequest: note 'bad \\udcff' is not valid UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("note", ["two\nlines", "escape \x1b[31mred", "tab\there", "nul\x00"])
+def test_note_with_unprintable_character_is_rejected(note: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"note has the unprintable character U\+00"):
+        check_note(note)
+
+
+def test_printable_notes_pass() -> None:
+    check_note("raise the timeout: INC-4411 (approved by Zoë) ✓")
+    check_note("")
+
+
+def test_history_text_escapes_unprintable_characters() -> None:
+    assert printable("tuning\n 999 root") == "tuning\\n 999 root"
+    assert printable("a\x1b[31m") == "a\\x1b[31m"
+    assert printable("plain text") == "plain text"
+
+
+def test_negative_history_limit_names_what_zero_means() -> None:
+    with pytest.raises(InvalidRequest, match="give 0 for no limit"):
+        MVCC().history(b"/a", limit=-1)
