@@ -101,6 +101,9 @@ class RayNemesis:
             record = self._slow_fsync()
         else:
             record = self.lose_data_center(self.rng.choice(self.topology.data_centers()))
+        return record
+
+    def _started(self, record: FaultRecord) -> FaultRecord:
         self.log.append(record)
         logger.info("fault injected: %s (%s)", record.kind, record.description)
         return record
@@ -130,8 +133,9 @@ class RayNemesis:
     def partition(self, fault: topo.NetworkFault) -> FaultRecord:
         self.chaos.set_blocked(topo.blocked_pairs(self.topology, fault))
         self._partitioned = True
-        return FaultRecord(f"partition/{fault.kind}", fault.description, time.monotonic(),
-                           no_quorum=frozenset(topo.data_centers_without_quorum(self.topology, fault)))
+        no_quorum = frozenset(topo.data_centers_without_quorum(self.topology, fault))
+        return self._started(FaultRecord(f"partition/{fault.kind}", fault.description, time.monotonic(),
+                                         no_quorum=no_quorum))
 
     def _kill(self) -> FaultRecord:
         kind, name = self._random_actor()
@@ -140,7 +144,8 @@ class RayNemesis:
         if handle is not None:
             ray.kill(handle, no_restart=False)
         role = " (the leader)" if name == leader else ""
-        return FaultRecord(f"kill/{kind}", f"{kind} {name}{role} killed, Ray restarts it", time.monotonic())
+        return self._started(FaultRecord(f"kill/{kind}", f"{kind} {name}{role} killed, Ray restarts it",
+                                         time.monotonic()))
 
     def _pause(self) -> FaultRecord:
         kind, name = self._random_actor()
@@ -148,8 +153,8 @@ class RayNemesis:
         try:
             pid = self.chaos.actor_pid(kind, name)
         except (Unavailable, ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
-            return FaultRecord(f"pause/{kind}", f"{kind} {name} not paused: {type(error).__name__}",
-                               time.monotonic())
+            return self._started(FaultRecord(f"pause/{kind}", f"{kind} {name} not paused: {type(error).__name__}",
+                                             time.monotonic()))
         pause_process(pid)
         self._paused_pids.append(pid)
         role = " (the leader)" if name == leader else ""
@@ -158,8 +163,8 @@ class RayNemesis:
         no_quorum: frozenset[str] = frozenset()
         if kind == "replica":
             no_quorum = frozenset({self.chaos.spec.data_center_of(name)})
-        return FaultRecord(f"pause/{kind}", f"{kind} {name}{role} process {pid} stopped (SIGSTOP)",
-                           time.monotonic(), no_quorum=no_quorum)
+        return self._started(FaultRecord(f"pause/{kind}", f"{kind} {name}{role} process {pid} stopped (SIGSTOP)",
+                                         time.monotonic(), no_quorum=no_quorum))
 
     def _slow_fsync(self) -> FaultRecord:
         member = self._leader_or_random_member()
@@ -167,15 +172,15 @@ class RayNemesis:
         if handle is not None:
             ray.get(handle.set_fsync_delay.remote(SLOW_FSYNC_DELAY_MS), timeout=10.0)
             self._slow_members.append(member)
-        return FaultRecord("slow-fsync", f"log fsyncs of {member} take {SLOW_FSYNC_DELAY_MS} ms longer",
-                           time.monotonic())
+        return self._started(FaultRecord("slow-fsync", f"log fsyncs of {member} take {SLOW_FSYNC_DELAY_MS} ms longer",
+                                         time.monotonic()))
 
     def lose_data_center(self, data_center: str) -> FaultRecord:
         """Remove the Ray node of `data_center`; `heal` adds it back with the same data directory."""
         self.chaos.remove_data_center(data_center)
         self._lost_data_centers.append(data_center)
-        return FaultRecord("dc-loss", f"Ray node of {data_center} removed with its actors", time.monotonic(),
-                           no_quorum=frozenset({data_center}))
+        return self._started(FaultRecord("dc-loss", f"Ray node of {data_center} removed with its actors",
+                                         time.monotonic(), no_quorum=frozenset({data_center})))
 
     # --- Healing. ---
 
