@@ -165,6 +165,8 @@ class Client:
     def _propose(self, command: Command) -> Any:
         def attempt() -> Any:
             leader = self._find_leader()
+            # NOTE: find_replica looks the name up in the Ray GCS. While the head node is
+            # down, this waits even though the replicas keep serving.
             handle = find_replica(self.spec, leader)
             if handle is None:
                 self._leader = ""

@@ -127,7 +127,7 @@ class RayChaosCluster:
             time.sleep(0.2)
 
     def wait_until_running(self, timeout_s: float = WAIT_FOR_LEADER_S) -> None:
-        """Wait until every replica, store and hub answers and a leader is known.
+        """Wait until every replica, store and hub responds and a leader is known.
 
         Faults are injected one at a time on a settled cluster: a replica that
         is still restarting would miss the partition table of the next fault.
@@ -140,7 +140,7 @@ class RayChaosCluster:
             if current["leader"] and not waiting:
                 return
             if time.monotonic() > deadline:
-                raise Unavailable(f"actors {waiting} did not answer within {timeout_s} s after the faults healed "
+                raise Unavailable(f"actors {waiting} did not respond within {timeout_s} s after the faults healed "
                                   f"(leader {current['leader']!r})")
             time.sleep(0.2)
 

@@ -253,9 +253,11 @@ def render_report(report: ChaosReport) -> str:
                       for name in ("get", "txn", "put", "delete", "cas")]
     operation_rows.append(f"serializable get: served {sum(s.served for s in serializable)}, "
                           f"unavailable {sum(not s.served for s in serializable)}")
+
     fault_counts = Counter(record.kind for record in report.faults)
     during_ms, outside_ms = p99_latency_ms(report)
     availability = availability_during_quorum_loss(report)
+
     rows = [
         ("run", f"{config.duration_s:.0f} s, topology {config.topology}, seed {config.seed}, "
                 f"faults {','.join(kind.value for kind in config.faults) or 'none'}"),
@@ -271,6 +273,7 @@ def render_report(report: ChaosReport) -> str:
                                      in availability.items()) or "no operation ran in a data center without quorum"),
         ("wall time", f"{report.wall_time_s:.1f} s"),
     ]
+
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     for kind, messages in sorted(report.violations.items()):

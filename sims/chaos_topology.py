@@ -26,7 +26,7 @@ import networkx as nx
 
 from rayconf.errors import InvalidRequest
 
-# Names of the topologies that `build_topology` knows, with their data centers.
+# Names of the topologies that `build_topology` builds.
 TOPOLOGY_NAMES = ("triangle", "witness", "ring")
 
 

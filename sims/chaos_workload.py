@@ -2,8 +2,8 @@
 
 Each `WorkloadClient` is a thread with its own `Client`, bound to one data
 center, so its reads go to that data center's shard store. It runs put, get,
-range, delete, compare-and-swap and two-key txns on a small key set, and one
-serializable get in every few operations, until told to stop.
+range, delete, compare-and-swap and two-key txns on a small key set, and a
+serializable get every fourth operation, until its stop event is set.
 
 What it records:
 - every linearizable operation, in the shared `HistoryRecorder`, for the
@@ -80,7 +80,7 @@ class AcknowledgedWrite:
 
 @dataclass(slots=True)
 class WorkloadResults:
-    """What every client recorded; the lists are appended to under `lock`."""
+    """Records of every client, appended under `lock`."""
 
     recorder: h.HistoryRecorder
     acknowledged: list[AcknowledgedWrite] = field(default_factory=list)
@@ -203,7 +203,7 @@ class WorkloadClient(threading.Thread):
         self.write(h.Cas(key, expected, value), txn)
 
     def txn(self) -> None:
-        """Write both keys of a group if the first holds the value last seen, else read both."""
+        """Write both keys of a group if the first contains the value last seen, else read both."""
         keys = group_keys(self.rng.randrange(KEY_GROUPS))
         value = self.value()
         expected = self.seen.get(keys[0])
