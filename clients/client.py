@@ -291,6 +291,9 @@ class Client:
                     last: Exception = cause
                 elif isinstance(cause, RayconfError):
                     raise cause from None
+                elif isinstance(cause, ray.exceptions.RayActorError):
+                    # A store or hub lost the replica it called (killed or restarting).
+                    last = Unavailable(f"{what} failed: {type(cause).__name__} behind the actor it called")
                 else:
                     raise
             except (NotLeader, Unavailable) as error:

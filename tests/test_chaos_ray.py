@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -82,6 +83,41 @@ def test_losing_any_data_center_keeps_service(chaos: RayChaosCluster) -> None:
     assert [record.kind for record in nemesis.log] == ["dc-loss"] * 3
 
 
+@pytest.mark.timeout(200)
+def test_read_during_replica_restart_raises_typed_error(chaos: RayChaosCluster) -> None:
+    """A linearizable read whose store loses its replica mid-call raises `Unavailable`, never a raw Ray error."""
+    reader = Client(chaos.spec, data_center="dc-a", timeout_s=2.0, session=False)
+    reader.put("/restart/read", b"1")
+    errors: list[Exception] = []
+    served_after_restart = []
+    stop = threading.Event()
+
+    def read_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                reader.get("/restart/read")
+            except Exception as error:  # noqa: BLE001 - every error type is the finding
+                errors.append(error)
+                continue
+            served_after_restart.append(time.monotonic())
+
+    thread = threading.Thread(target=read_until_stopped, daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            time.sleep(1.0)
+            ray.kill(chaos.actor_handle("replica", "dc-a-1"), no_restart=False)
+        killed_s = time.monotonic()
+        chaos.wait_until_running()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    untyped = [f"{type(error).__name__}: {error}" for error in errors if not isinstance(error, Unavailable)]
+    assert not untyped, untyped[:3]
+    assert any(served_s > killed_s for served_s in served_after_restart), "no read was served after the restarts"
+
+
 @pytest.mark.timeout(400)
 def test_short_run_with_every_fault_kind(chaos: RayChaosCluster) -> None:
     config = ChaosConfig(duration_s=SHORT_RUN_S, faults=tuple(ChaosFault), seed=3)
@@ -148,3 +184,18 @@ def propose_through_handles(handles: dict[str, Any], leader: str, command: Comma
             member = next(m for m in handles if m != member)
         assert time.monotonic() < deadline, f"no replica accepted {command.request_id} with the GCS stopped"
         time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("topology", ["witness", "ring"])
+def test_other_topologies_under_every_fault(topology: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two data centers plus a witness (five voters), and five data centers in a ring, each on its own cluster."""
+    config = ChaosConfig(duration_s=120.0, faults=tuple(ChaosFault), topology=topology, seed=5,
+                         data_directory=str(tmp_path_factory.mktemp(f"rayconf-chaos-{topology}")))
+    report = run_chaos(config)
+    print("\n" + render_report(report))
+    assert report.ok, render_report(report)
+    assert report.linearizability.startswith("linearizable"), report.linearizability
+    injected = {record.kind.split("/")[0] for record in report.faults}
+    assert injected == {kind.value for kind in ChaosFault}
