@@ -44,6 +44,8 @@ KEY_ROOT = "/chaos"
 THINK_TIME_S = 0.05
 # One operation in this many is a serializable get, which is not part of the history.
 SERIALIZABLE_EVERY = 4
+# Characters of an unexpected error's message kept in the report.
+UNEXPECTED_MESSAGE_CHARS_MAX = 400
 
 
 def group_prefix(group: int) -> bytes:
@@ -114,10 +116,12 @@ class WorkloadClient(threading.Thread):
             self.sequence += 1
             try:
                 self.step()
-            except Exception:  # noqa: BLE001 - a workload thread must report, not die silently
+            except Exception as error:  # noqa: BLE001 - a workload thread must report, not die silently
                 logger.exception("chaos client %d failed an operation", self.number)
                 with self.results.lock:
-                    self.results.unexpected.append(f"client {self.number} raised; see the log")
+                    self.results.unexpected.append(
+                        f"client {self.number} in {self.data_center} raised {type(error).__name__}: "
+                        f"{str(error)[:UNEXPECTED_MESSAGE_CHARS_MAX]}")
             time.sleep(THINK_TIME_S * (0.5 + self.rng.random()))
 
     def step(self) -> None:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from rayconf.__main__ import main
 from rayconf.sims import chaos_checks as checks
+from rayconf.sims import history as h
+from rayconf.sims.history import HistoryRecorder, load_history
 from rayconf.sims.chaos_nemesis import FaultRecord
-from rayconf.sims.chaos_run import ChaosConfig, ChaosReport, availability_during_quorum_loss, p99_latency_ms
+from rayconf.sims.chaos_run import (
+    ChaosConfig,
+    ChaosReport,
+    availability_during_quorum_loss,
+    p99_latency_ms,
+    save_failure,
+)
 from rayconf.sims.chaos_workload import AcknowledgedWrite, OpSample
 from rayconf.store.mvcc import MVCC
 from rayconf.store.records import Command, EventType, Put, Txn
@@ -66,3 +79,34 @@ def test_p99_latency_splits_by_fault_window() -> None:
     during_ms, outside_ms = p99_latency_ms(report)
     assert round(during_ms) == 900
     assert round(outside_ms) == 100
+
+
+def test_failing_run_saves_history_and_report(tmp_path: Path) -> None:
+    recorder = HistoryRecorder()
+    put = recorder.invoke(0, h.Put(b"/chaos/g0/k0", b"0:1"))
+    recorder.complete(put, h.WriteResult())
+    read = recorder.invoke(1, h.Get(b"/chaos/g0/k0"))
+    recorder.complete(read, h.ReadResult(None))
+    report = ChaosReport(ChaosConfig(duration_s=30.0, seed=5))
+    report.history = recorder.history()
+    report.faults = [FaultRecord("dc-loss", "Ray node of dc-b removed with its actors", 1.0, 4.0, frozenset({"dc-b"}))]
+    violations, _ = checks.check_linearizability(report.history, timeout_s=10.0)
+    report.violations.update(violations)
+
+    history_path, report_path = save_failure(report, tmp_path)
+
+    assert not report.ok
+    assert load_history(history_path) == report.history
+    text = report_path.read_text()
+    assert "VIOLATION linearizability: keys [b'/chaos/g0/k0'] are not linearizable" in text
+    assert "dc-loss" in text
+    assert "seed 5" in text
+
+
+def test_ray_sim_command_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--ray", "--faults", "partition,meteor"]) == 2
+    assert "fault kind 'meteor' is unknown for a Ray run" in capsys.readouterr().err
+    assert main(["sim", "--ray", "--duration", "0"]) == 2
+    assert "duration 0.0 s is not positive" in capsys.readouterr().err
+    assert main(["sim", "--ray", "--clients-per-dc", "0"]) == 2
+    assert "clients per data center is 0" in capsys.readouterr().err
