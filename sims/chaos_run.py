@@ -227,7 +227,8 @@ def availability_during_quorum_loss(report: ChaosReport) -> dict[str, tuple[int,
 def p99_latency_ms(report: ChaosReport) -> tuple[float, float]:
     """Return the p99 latency in ms of served operations that started during a fault and outside every fault."""
     windows = _fault_windows(report)
-    during, outside = [], []
+    during: list[float] = []
+    outside: list[float] = []
     for sample in report.samples:
         if not sample.served:
             continue
