@@ -190,3 +190,11 @@ def pause_process(pid: int) -> None:
 
 def resume_process(pid: int) -> None:
     os.kill(pid, signal.SIGCONT)
+
+
+def kill_process(pid: int) -> None:
+    """Kill a process this run started (SIGKILL); one that already exited is ignored."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

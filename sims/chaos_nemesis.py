@@ -10,7 +10,7 @@ Each fault is injected, held for a while, then healed, and logged as a
 | `kill` | `ray.kill(..., no_restart=False)` of a replica (the leader half the time), a shard store or a watch hub; Ray restarts it and it recovers from disk |
 | `pause` | SIGSTOP of a replica process (the leader half the time), a store or a hub, SIGCONT when healed, as a long garbage-collection pause |
 | `slow-fsync` | every log fsync of one replica (the leader half the time) takes 200 ms longer |
-| `dc-loss` | the Ray node of one data center is removed with all its actors, then a new node with the same resource and data directory is added |
+| `dc-loss` | the Ray node of one data center is removed and its actor processes killed, then a new node with the same resource and data directory is added |
 
 Partitions cut only Raft traffic between replicas: clients and shard stores
 still reach every replica. `heal_all` undoes whatever is still in effect,
@@ -30,7 +30,7 @@ import ray
 
 from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.sims import chaos_topology as topo
-from rayconf.sims.chaos_cluster import RayChaosCluster, pause_process, resume_process
+from rayconf.sims.chaos_cluster import RayChaosCluster, kill_process, pause_process, resume_process
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +176,34 @@ class RayNemesis:
                                          time.monotonic()))
 
     def lose_data_center(self, data_center: str) -> FaultRecord:
-        """Remove the Ray node of `data_center`; `heal` adds it back with the same data directory."""
+        """Remove the Ray node of `data_center` and kill its actor processes; `heal` adds the node back.
+
+        Removing a node kills its raylet, but an actor's worker process only
+        exits once it notices, which took seconds on a loaded machine. Until
+        then it kept serving its peers directly, so the nemesis kills the
+        processes itself (SIGKILL), as a power loss would.
+        """
+        pids = self._actor_pids_in(data_center)
         self.chaos.remove_data_center(data_center)
+        for pid in pids:
+            kill_process(pid)
         self._lost_data_centers.append(data_center)
         return self._started(FaultRecord("dc-loss", f"Ray node of {data_center} removed with its actors",
                                          time.monotonic(), no_quorum=frozenset({data_center})))
+
+    def _actor_pids_in(self, data_center: str) -> list[int]:
+        spec = self.chaos.spec
+        actors = [("replica", member) for member in spec.members() if spec.data_center_of(member) == data_center]
+        actors += [("store", store) for store in spec.stores_in(data_center)]
+        actors += [("hub", hub) for dc in spec.data_centers if dc.name == data_center for hub in dc.hub_names()]
+        pids = []
+        for kind, name in actors:
+            try:
+                pids.append(self.chaos.actor_pid(kind, name))
+            except (Unavailable, ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+                # An actor that is down already has no process to kill.
+                logger.info("no process of %s %s to kill: %s", kind, name, type(error).__name__)
+        return pids
 
     # --- Healing. ---
 

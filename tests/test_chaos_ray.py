@@ -32,7 +32,8 @@ from rayconf.store.records import Command, EventType, Put, Txn
 OPERATIONS_PER_LOSS = 5
 # Long enough for an election and a retry after the leader's node is removed.
 CLIENT_TIMEOUT_S = 20.0
-SHORT_RUN_S = 75.0
+SHORT_RUN_S = 60.0
+RECOVERY_TIMEOUT_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,10 @@ def test_read_during_replica_restart_raises_typed_error(chaos: RayChaosCluster) 
             ray.kill(chaos.actor_handle("replica", "dc-a-1"), no_restart=False)
         killed_s = time.monotonic()
         chaos.wait_until_running()
-        time.sleep(1.0)
+        # The store follows another replica or waits for the restarted one, which can take seconds under load.
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while not any(served_s > killed_s for served_s in served_after_restart) and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         stop.set()
         thread.join(timeout=10)
