@@ -224,6 +224,20 @@ def availability_during_quorum_loss(report: ChaosReport) -> dict[str, tuple[int,
     return {mode: (served, total) for mode, (served, total) in sorted(counts.items())}
 
 
+def availability_by_fault(report: ChaosReport) -> dict[str, dict[str, tuple[int, int]]]:
+    """Return (served, total) per fault kind and consistency mode, counted as in `availability_during_quorum_loss`."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for record in report.faults:
+        end = record.healed_s or math.inf
+        for sample in report.samples:
+            if record.started_s <= sample.started_s < end and sample.data_center in record.no_quorum:
+                served_total = counts.setdefault(record.kind, {}).setdefault(sample.mode, [0, 0])
+                served_total[0] += int(sample.served)
+                served_total[1] += 1
+    return {kind: {mode: (served, total) for mode, (served, total) in sorted(modes.items())}
+            for kind, modes in sorted(counts.items())}
+
+
 def p99_latency_ms(report: ChaosReport) -> tuple[float, float]:
     """Return the p99 latency in ms of served operations that started during a fault and outside every fault."""
     windows = _fault_windows(report)
@@ -272,6 +286,8 @@ def render_report(report: ChaosReport) -> str:
         ("p99 latency", f"{during_ms:.0f} ms during faults, {outside_ms:.0f} ms outside them"),
         ("without quorum", ", ".join(f"{mode} {served}/{total} served" for mode, (served, total)
                                      in availability.items()) or "no operation ran in a data center without quorum"),
+        *[("", f"{kind}: " + ", ".join(f"{mode} {served}/{total}" for mode, (served, total) in modes.items()))
+          for kind, modes in availability_by_fault(report).items()],
         ("wall time", f"{report.wall_time_s:.1f} s"),
     ]
 

@@ -14,6 +14,7 @@ from rayconf.sims.chaos_nemesis import FaultRecord
 from rayconf.sims.chaos_run import (
     ChaosConfig,
     ChaosReport,
+    availability_by_fault,
     availability_during_quorum_loss,
     p99_latency_ms,
     save_failure,
@@ -69,6 +70,7 @@ def test_availability_counts_only_data_centers_without_quorum() -> None:
         OpSample("dc-c", "serializable", 25.0, 0.01, True),
     ]
     assert availability_during_quorum_loss(report) == {"linearizable": (0, 1), "serializable": (1, 1)}
+    assert availability_by_fault(report) == {"partition/isolate": {"linearizable": (0, 1), "serializable": (1, 1)}}
 
 
 def test_p99_latency_splits_by_fault_window() -> None:
