@@ -155,7 +155,11 @@ class RayNemesis:
         except (Unavailable, ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
             return self._started(FaultRecord(f"pause/{kind}", f"{kind} {name} not paused: {type(error).__name__}",
                                              time.monotonic()))
-        pause_process(pid)
+        try:
+            pause_process(pid)
+        except ProcessLookupError:
+            return self._started(FaultRecord(f"pause/{kind}", f"{kind} {name} not paused: process {pid} exited",
+                                             time.monotonic()))
         self._paused_pids.append(pid)
         role = " (the leader)" if name == leader else ""
         # The store and hub of a stopped replica's data center follow that replica
@@ -169,9 +173,13 @@ class RayNemesis:
     def _slow_fsync(self) -> FaultRecord:
         member = self._leader_or_random_member()
         handle = self.chaos.actor_handle("replica", member)
-        if handle is not None:
-            ray.get(handle.set_fsync_delay.remote(SLOW_FSYNC_DELAY_MS), timeout=10.0)
-            self._slow_members.append(member)
+        try:
+            if handle is not None:
+                ray.get(handle.set_fsync_delay.remote(SLOW_FSYNC_DELAY_MS), timeout=10.0)
+                self._slow_members.append(member)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+            return self._started(FaultRecord("slow-fsync", f"fsyncs of {member} not slowed: {type(error).__name__}",
+                                             time.monotonic()))
         return self._started(FaultRecord("slow-fsync", f"log fsyncs of {member} take {SLOW_FSYNC_DELAY_MS} ms longer",
                                          time.monotonic()))
 

@@ -4,8 +4,9 @@ The run:
 1. starts a `RayChaosCluster` for the topology (or uses one the caller started);
 2. starts one watch per data center on the workload's keys and the workload
    clients, spread over the data centers;
-3. injects faults one at a time, cycling through the requested kinds so that a
-   short run meets each of them: inject, hold 2 to 5 s, heal, wait 1 to 3 s;
+3. injects faults one at a time, cycling through the requested kinds: inject,
+   hold 2 to 5 s, heal, wait 1 to 3 s. Each kind is injected at least once,
+   even when that takes longer than the requested duration;
 4. heals everything, stops the clients, waits for the replicas to converge,
    then runs every check in `rayconf.sims.chaos_checks`.
 
@@ -166,12 +167,14 @@ def _inject_faults(config: ChaosConfig, nemesis: RayNemesis, results: WorkloadRe
     deadline = began + config.duration_s - WARM_UP_S
     time.sleep(WARM_UP_S)
     number = 0
-    while config.faults and time.monotonic() + FAULT_HOLD_S[0] < deadline:
+    # A run too short for every kind goes over its duration until each kind was injected once.
+    while config.faults and (time.monotonic() + FAULT_HOLD_S[0] < deadline or number < len(config.faults)):
         kind = config.faults[number % len(config.faults)]
         number += 1
         record = nemesis.inject(kind)
         progress(f"[{time.monotonic() - began:6.1f} s] {record.kind}: {record.description}")
-        time.sleep(min(rng.uniform(*FAULT_HOLD_S), max(0.0, deadline - time.monotonic())))
+        # Every fault lasts at least the shortest hold, even one injected after the deadline.
+        time.sleep(max(FAULT_HOLD_S[0], min(rng.uniform(*FAULT_HOLD_S), deadline - time.monotonic())))
         nemesis.heal(record)
         try:
             nemesis.chaos.wait_until_running()

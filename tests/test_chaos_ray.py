@@ -6,16 +6,19 @@ shard store and watch hub each, on three Ray nodes beside the head node.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 
+from rayconf.__main__ import main
 from rayconf.actors import cluster
 from rayconf.actors.transport import replica_actor_name
 from rayconf.clients.client import Client
@@ -205,3 +208,22 @@ def test_other_topologies_under_every_fault(topology: str, tmp_path_factory: pyt
     assert report.linearizability.startswith("linearizable"), report.linearizability
     injected = {record.kind.split("/")[0] for record in report.faults}
     assert injected == {kind.value for kind in ChaosFault}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_sim_command_prints_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rayconf sim --ray` starts its own cluster, prints progress and the table, and saves nothing when it passes."""
+    status = main(["sim", "--ray", "--duration", "30", "--faults", "kill,pause", "--seed-start", "2",
+                   "--out", str(tmp_path / "failures")])
+    logging.getLogger("rayconf").setLevel(logging.CRITICAL)
+
+    captured = capsys.readouterr()
+    assert status == 0, captured.out[-3000:]
+    assert "faults kill,pause" in captured.out
+    assert "violations       none" in captured.out
+    assert "linearizability  linearizable" in captured.out
+    assert "kill/" in captured.err
+    assert "pause/" in captured.err
+    assert "converged at revision" in captured.err
+    assert not (tmp_path / "failures").exists()
