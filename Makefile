@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow bench sim run typecheck clean
+.PHONY: install test test-slow bench sim chaos run typecheck clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: $(STAMP)
 # Failing seeds leave their history and report in sim-failures/.
 sim: $(STAMP)
 	$(BIN)/rayconf sim --seeds 10000 --nodes 5 --faults all
+
+# 30 minutes of fault injection on a local multi-node Ray cluster (see docs/chaos.md).
+# A failing run leaves its history and report in sim-failures/.
+chaos: $(STAMP)
+	$(BIN)/rayconf sim --ray --duration 1800 --faults all
 
 # Serves the embedded default cluster in the foreground until Ctrl-C.
 run: $(STAMP)

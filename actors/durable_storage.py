@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ class DurableStorage:
         self._snapshot_directory = snapshot_directory
         # Packed bytes of the current snapshot, built on the first request from the core.
         self._packed: tuple[int, bytes] | None = None
+        # Extra time each log fsync takes, a fault knob that fault-injection runs set
+        # to mimic a slow disk. Zero in production.
+        self.fsync_delay_ms = 0
 
     # --- Opening. ---
 
@@ -180,6 +184,9 @@ class DurableStorage:
             self._wal.append(records)
             if ready.must_sync or records[0][0] == RECORD_SNAPSHOT:
                 self._wal.sync()
+                if self.fsync_delay_ms:
+                    # Blocks the caller as a slow fsync does.
+                    time.sleep(self.fsync_delay_ms / 1000)
         if ready.entries:
             self.memory.append(ready.entries)
         if ready.hard_state is not None:

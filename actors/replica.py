@@ -425,5 +425,15 @@ class ReplicaActor:
         """Set the fault filter on this member's outgoing messages; empty arguments clear it."""
         self.transport.set_faults(set(map(tuple, blocked)), drop_probability, delay_ms, seed)  # type: ignore[arg-type]
 
+    async def set_fsync_delay(self, delay_ms: int) -> None:
+        """Make every log fsync of this member take `delay_ms` longer (0 clears it), to mimic a slow disk."""
+        if delay_ms < 0:
+            raise InvalidRequest(f"fsync delay {delay_ms} ms is negative; give 0 or more milliseconds")
+        self.core.storage.fsync_delay_ms = delay_ms
+
+    async def state_hash(self, revision: int) -> tuple[int, int]:
+        """Return (applied revision, hash of every version at or below `revision`) for divergence checks."""
+        return self.core.state.revision, self.core.state.hash_kv(revision)
+
     async def ping(self) -> str:
         return self.member

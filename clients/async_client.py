@@ -271,6 +271,9 @@ def _unwrap(error: BaseException) -> BaseException:
     """Return the rayconf error inside a Ray failure, or an `Unavailable` for a lost actor."""
     if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, RayconfError):
         return error.cause
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, ray.exceptions.RayActorError):
+        # A store or hub lost the replica it called (killed or restarting).
+        return Unavailable(f"the call failed: {type(error.cause).__name__} behind the actor it called")
     if isinstance(error, (ray.exceptions.RayActorError, asyncio.TimeoutError)):
         return Unavailable(f"the call failed: {type(error).__name__}")
     return error

@@ -274,6 +274,8 @@ class Client:
     def _propose(self, command: Command, chunk_refs: dict[bytes, Any] | None = None) -> Any:
         def attempt() -> Any:
             leader = self._find_leader()
+            # NOTE: find_replica looks the name up in the Ray GCS. While the head node is
+            # down, this waits even though the replicas keep serving.
             handle = find_replica(self.spec, leader)
             if handle is None:
                 self._leader = ""
@@ -424,6 +426,9 @@ class Client:
                     last: Exception = cause
                 elif isinstance(cause, RayconfError):
                     raise cause from None
+                elif isinstance(cause, ray.exceptions.RayActorError):
+                    # A store or hub lost the replica it called (killed or restarting).
+                    last = Unavailable(f"{what} failed: {type(cause).__name__} behind the actor it called")
                 else:
                     raise
             except (NotLeader, Unavailable) as error:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rayconf.errors import InvalidRequest
+from rayconf.sims.chaos_topology import TOPOLOGY_NAMES
 from rayconf.sims.config import FaultKind, SimConfig, parse_faults
 from rayconf.sims.runner import RunSummary, faults_argument, run_seeds
 
@@ -62,6 +63,20 @@ def add_sim_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "--out", type=Path, default=Path("sim-failures"),
         help="directory for the history (JSON) and report of each failing seed (default: ./sim-failures)",
     )
+    ray_options = parser.add_argument_group(
+        "Ray runs", "with --ray, fault injection on a real multi-node Ray cluster on this machine instead of the "
+                    "simulator; --faults then takes partition, kill, pause, slow-fsync and dc-loss, and "
+                    "--seed-start seeds the choice of faults")
+    ray_options.add_argument("--ray", action="store_true",
+                             help="run the Ray nemesis against real replica, store and hub actors")
+    ray_options.add_argument("--duration", type=float, default=120.0,
+                             help="length of the Ray run in seconds, before the checks (default: 120)")
+    ray_options.add_argument("--topology", choices=TOPOLOGY_NAMES, default="triangle",
+                             help="data centers of the Ray run: triangle (3 data centers, 1 voter each), "
+                                  "witness (2 data centers with 2 voters and a witness with 1), ring (5 data "
+                                  "centers, 1 voter each) (default: triangle)")
+    ray_options.add_argument("--clients-per-dc", type=int, default=1,
+                             help="workload clients in each data center of the Ray run (default: 1)")
     parser.add_argument(
         "--log-level", default="critical", choices=("debug", "info", "warning", "error", "critical"),
         help="level of the simulator's and Raft core's log on stderr (default: critical)",
@@ -144,6 +159,8 @@ def run_sim_command(arguments: argparse.Namespace) -> int:
     """Run `rayconf sim`; return the exit status."""
     logging.basicConfig(level=arguments.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("rayconf").setLevel(arguments.log_level.upper())
+    if arguments.ray:
+        return run_ray_command(arguments)
     try:
         faults = parse_faults(arguments.faults)
         if arguments.seeds < 1:
@@ -165,3 +182,30 @@ def run_sim_command(arguments: argparse.Namespace) -> int:
     summary = run_seeds(config, seeds, arguments.out, progress=bar.update)
     print(render_summary(summary, config, arguments.seed_start))
     return 1 if summary.failed_seeds else 0
+
+
+def run_ray_command(arguments: argparse.Namespace) -> int:
+    """Run `rayconf sim --ray`: one fault-injection run on a local multi-node Ray cluster."""
+    from rayconf.sims.chaos_nemesis import parse_chaos_faults
+    from rayconf.sims.chaos_run import ChaosConfig, render_report, run_chaos, save_failure
+
+    try:
+        config = ChaosConfig(duration_s=arguments.duration, faults=parse_chaos_faults(arguments.faults),
+                             topology=arguments.topology, seed=arguments.seed_start,
+                             clients_per_data_center=arguments.clients_per_dc)
+        config.validate()
+    except InvalidRequest as error:
+        print(f"rayconf sim: {error}", file=sys.stderr)
+        return 2
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = run_chaos(config, progress)
+    print(render_report(report))
+    if report.ok:
+        return 0
+    history_path, report_path = save_failure(report, arguments.out)
+    print(f"history: {history_path}")
+    print(f"report:  {report_path}")
+    return 1
