@@ -46,7 +46,12 @@ from typing import Any
 import ray
 
 from rayconf.actors.auth_guard import authorize_read
-from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
+from rayconf.actors.stream_follower import (
+    apply_streamed_entry,
+    follow_replicas,
+    load_streamed_snapshot,
+    poll_committed,
+)
 from rayconf.actors.transport import replica_actor_name
 from rayconf.errors import InvalidRequest, NotLeader, Unavailable
 from rayconf.store.mvcc import MVCC
@@ -58,6 +63,9 @@ logger = logging.getLogger(__name__)
 # store's age reading gets, because each reply refreshes the age.
 POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
+# Time allowed beyond a call's own timeout before the store gives up on a
+# replica whose process does not run (paused, or on a lost node).
+CALL_MARGIN_S = 1.0
 
 
 def store_actor_name(member: str) -> str:
@@ -110,7 +118,7 @@ class ShardStoreActor:
         handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
         self.following = member
         while True:
-            reply = await handle.committed_since.remote(self.state.applied_index, POLL_ENTRIES_MAX, POLL_WAIT_S)
+            reply = await poll_committed(handle, self.state.applied_index, POLL_ENTRIES_MAX, POLL_WAIT_S)
             if reply["snapshot"] is not None:
                 self._load_snapshot(reply["snapshot"])
                 continue
@@ -172,7 +180,11 @@ class ShardStoreActor:
         if not self._index_calls_running:
             self._index_calls_running = True
             asyncio.ensure_future(self._run_index_calls(timeout_s))
-        return await future
+        try:
+            # The call this read joins may start late, after the one in flight.
+            return await asyncio.wait_for(future, timeout=2 * timeout_s + CALL_MARGIN_S)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"store {self.name} got no ReadIndex within {2 * timeout_s} s; retry the read") from None
 
     async def _run_index_calls(self, timeout_s: float) -> None:
         """Make ReadIndex calls one after another while reads wait, each serving all that wait."""
@@ -198,7 +210,7 @@ class ShardStoreActor:
         if leader and leader != self.following and not self._cut_off(self.following, leader):
             try:
                 handle = ray.get_actor(replica_actor_name(leader), namespace=self.namespace)
-                index: int = await handle.read_index.remote(timeout_s)
+                index: int = await self._call_read_index(handle, leader, timeout_s)
                 self.read_index_direct_calls += 1
                 return index
             except ray.exceptions.RayTaskError as error:
@@ -211,18 +223,39 @@ class ShardStoreActor:
         return await self._ask_followed_replica(timeout_s)
 
     async def _ask_followed_replica(self, timeout_s: float) -> int:
-        for member in self.replicas:
+        """Ask the followed replica, then the others in order, for a ReadIndex they forward to the leader.
+
+        A replica that is gone or restarting is skipped, so a store whose own
+        replica is down still serves linearizable reads through another one.
+        """
+        members = list(self.replicas)
+        if self.following in members:
+            members.remove(self.following)
+            members.insert(0, self.following)
+        for member in members:
             try:
                 handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
-                index: int = await handle.read_index.remote(timeout_s)
+                index: int = await self._call_read_index(handle, member, timeout_s)
                 return index
             except ValueError:
+                continue
+            except ray.exceptions.RayActorError as error:
+                logger.warning("store %s skipped replica %s for a ReadIndex: %s", self.name, member,
+                               type(error).__name__)
                 continue
             except ray.exceptions.RayTaskError as error:
                 if isinstance(error.cause, Unavailable):
                     raise error.cause from None
                 raise
         raise Unavailable(f"store {self.name} found no replica to confirm a linearizable read")
+
+    async def _call_read_index(self, handle: Any, member: str, timeout_s: float) -> int:
+        """Call `read_index` on one replica, bounded in time even when its process is paused."""
+        try:
+            index: int = await asyncio.wait_for(handle.read_index.remote(timeout_s), timeout=timeout_s + CALL_MARGIN_S)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"replica {member} did not return a ReadIndex within {timeout_s} s") from None
+        return index
 
     def _cut_off(self, member: str, other: str) -> bool:
         blocked = self.own_blocked | self.replica_blocked

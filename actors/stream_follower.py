@@ -13,11 +13,12 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 
 from rayconf.actors.raft.types import EntryType
-from rayconf.errors import InvalidRequest, RayconfError
+from rayconf.errors import InvalidRequest, RayconfError, Unavailable
 from rayconf.store import snapshot as mvcc_snapshot
 from rayconf.store.codec import decode_command
 from rayconf.store.mvcc import MVCC, ApplyResult
@@ -26,6 +27,20 @@ logger = logging.getLogger(__name__)
 
 # Pause before following the next replica after one failed.
 RETRY_DELAY_S = 0.2
+# Time a poll may take beyond its own wait before the follower moves on to the
+# next replica. A paused process or a lost node fails no call, it only stops
+# replying; the margin leaves room for a snapshot reply on a busy machine.
+POLL_REPLY_MARGIN_S = 10.0
+
+
+async def poll_committed(handle: Any, after_index: int, entries_max: int, wait_s: float) -> dict[str, Any]:
+    """Return `committed_since` of the replica behind `handle`, or raise `Unavailable` if it does not reply."""
+    try:
+        reply: dict[str, Any] = await asyncio.wait_for(
+            handle.committed_since.remote(after_index, entries_max, wait_s), timeout=wait_s + POLL_REPLY_MARGIN_S)
+    except asyncio.TimeoutError:
+        raise Unavailable(f"the replica did not reply to a poll within {wait_s + POLL_REPLY_MARGIN_S} s") from None
+    return reply
 
 
 def apply_streamed_entry(state: MVCC, index: int, entry_type: str, data: bytes) -> ApplyResult | None:

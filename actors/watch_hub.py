@@ -37,7 +37,12 @@ from typing import Any
 import ray
 
 from rayconf.actors.auth_guard import authorize_read
-from rayconf.actors.stream_follower import apply_streamed_entry, follow_replicas, load_streamed_snapshot
+from rayconf.actors.stream_follower import (
+    apply_streamed_entry,
+    follow_replicas,
+    load_streamed_snapshot,
+    poll_committed,
+)
 from rayconf.actors.watch_core import WatchHubCore
 from rayconf.actors.watch_records import (
     CancelReason,
@@ -121,7 +126,7 @@ class WatchHubActor:
             status = await handle.status.remote()
             ready_index = int(status["applied_index"])
         while True:
-            reply = await handle.committed_since.remote(self.state.applied_index, FOLLOW_ENTRIES_MAX, FOLLOW_WAIT_S)
+            reply = await poll_committed(handle, self.state.applied_index, FOLLOW_ENTRIES_MAX, FOLLOW_WAIT_S)
             if reply["snapshot"] is not None:
                 self._load_snapshot(reply["snapshot"])
             for index, entry_type, data in reply["entries"]:

@@ -21,7 +21,15 @@ from typing import Any, TypeVar
 import ray
 
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store, status
-from rayconf.clients.client import Consistency, _prefix_key, cas_guard, cas_failure, parse_consistency, to_key
+from rayconf.clients.client import (
+    READ_ATTEMPT_TIMEOUT_S,
+    Consistency,
+    _prefix_key,
+    cas_failure,
+    cas_guard,
+    parse_consistency,
+    to_key,
+)
 from rayconf.clients.large_values import LargeValues
 from rayconf.store.manifest import is_manifest
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
@@ -202,14 +210,15 @@ class AsyncClient:
             del self._batches[key]
         store, mode, staleness_ms, min_revision = key
         self.read_calls += 1
+        attempt_s = min(self.timeout_s, READ_ATTEMPT_TIMEOUT_S)
         try:
             handle = find_store(self.spec, store)
             if handle is None:
                 raise Unavailable(f"shard store {store} is not running")
             replies = await asyncio.wait_for(
-                handle.read_batch.remote(batch.requests, mode, min_revision, staleness_ms, self.timeout_s,
+                handle.read_batch.remote(batch.requests, mode, min_revision, staleness_ms, attempt_s,
                                          await self._current_token()),
-                timeout=self.timeout_s + 1,
+                timeout=attempt_s + 1,
             )
         except BaseException as error:  # every waiter gets the same failure
             for future in batch.futures:

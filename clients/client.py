@@ -83,6 +83,12 @@ TOKEN_RENEW_MARGIN_MS = 10_000
 AUTH_RECHECK_MS = 5_000
 
 
+# Time one read attempt may take before the client retries it. A store whose
+# replica or leader stopped replying needs a few seconds to move on, so a
+# read retries within the client's timeout instead of spending all of it on
+# one stuck call.
+READ_ATTEMPT_TIMEOUT_S = 5.0
+
 def to_key(path: str | bytes) -> bytes:
     """Return the engine key of a path, checked by the path rules; bytes must be UTF-8 paths too.
 
@@ -362,9 +368,10 @@ class Client:
                 handle = find_store(self.spec, store)
                 if handle is None:
                     raise Unavailable(f"shard store {store} is not running")
-                reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, self.timeout_s,
+                attempt_s = min(self.timeout_s, READ_ATTEMPT_TIMEOUT_S)
+                reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, attempt_s,
                                                    self.current_token()),
-                                timeout=self.timeout_s + 1)
+                                timeout=attempt_s + 1)
                 response: RangeResponse = reply["response"]
                 self.last_read = {"store": reply["store"], "age_ms": reply["age_ms"], "revision": response.revision}
                 return response

@@ -162,3 +162,23 @@ def test_paused_leader_serves_no_stale_lease_read_after_it_resumes(spec: Cluster
     current = client.get("/reads/paused")
     assert current is not None and current.value == b"new"
 
+
+
+def test_store_whose_paused_replica_led_serves_again(spec: ClusterSpec) -> None:
+    # The store follows the replica of its own data center, which leads. When
+    # that process stops, the store stops hearing from it without any call
+    # failing. It must move on to another replica, learn the new leader and
+    # serve linearizable reads again while the old leader is still stopped.
+    leader = _leader(spec)
+    data_center = spec.data_center_of(leader)
+    pid = _pid(cluster.find_replica(spec, leader))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        written = Client(spec, timeout_s=30.0).put("/reads/after-pause", b"new leader")
+        reader = Client(spec, data_center=data_center, timeout_s=40.0, session=False)
+        kv = reader.get("/reads/after-pause")
+        assert kv is not None
+        assert kv.value == b"new leader"
+        assert reader.last_read["revision"] >= written.revision
+    finally:
+        os.kill(pid, signal.SIGCONT)
