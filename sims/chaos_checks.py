@@ -50,10 +50,10 @@ def add_violation(violations: Violations, kind: str, message: str) -> None:
 
 
 class WatchReader(threading.Thread):
-    """A thread that keeps every batch one watch delivers until stopped."""
+    """A thread that reads one watch until stopped and keeps every batch the watch delivered."""
 
     def __init__(self, name: str, watched: Watch, stop: threading.Event) -> None:
-        super().__init__(name=f"chaos-watch-{name}", daemon=True)
+        super().__init__(name=f"watch-reader-{name}", daemon=True)
         self.watched = watched
         self.stop = stop
         self.batches: list[WatchBatch] = []
@@ -70,6 +70,7 @@ class WatchReader(threading.Thread):
                 self.batches.append(batch)
 
     def wait_for(self, revision: int, timeout_s: float) -> bool:
+        """Return whether a batch at or above `revision` arrived within `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.batches and self.batches[-1].revision >= revision:

@@ -28,7 +28,8 @@ from rayconf.actors.watch_hub import find_hub, hub_actor_name, start_hubs, stop_
 from rayconf.actors.watch_records import HubSettings, WatchBatch
 from rayconf.clients.client import Client
 from rayconf.clients.watch import Watch, close_streams, watch
-from rayconf.errors import RayconfError, Unavailable
+from rayconf.errors import Unavailable
+from rayconf.sims.chaos_checks import WatchReader
 from rayconf.sims.watch_checker import check_watch_stream
 from rayconf.sims.watch_history import replay_committed_log
 from rayconf.store.records import DeleteRange, DeleteRangeResponse, Event, EventType, Put, Txn
@@ -137,38 +138,6 @@ class Writer(threading.Thread):
         return tuple((EventType.PUT, put.key, put.value) for put in txn.success if isinstance(put, Put))
 
 
-class Reader(threading.Thread):
-    """A thread that reads one watch until stopped and keeps every batch the watch delivered."""
-
-    def __init__(self, name: str, watched: Watch, stop: threading.Event) -> None:
-        super().__init__(name=f"faults-reader-{name}", daemon=True)
-        self.watched = watched
-        self.stop = stop
-        self.batches: list[WatchBatch] = []
-        self.error: RayconfError | None = None
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                batch = self.watched.get(0.1)
-            except RayconfError as error:
-                self.error = error
-                return
-            if batch is not None:
-                self.batches.append(batch)
-
-    def wait_for(self, revision: int, timeout_s: float) -> bool:
-        """Return whether a batch at or above `revision` arrived within `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.batches and self.batches[-1].revision >= revision:
-                return True
-            if self.error is not None:
-                return False
-            time.sleep(0.05)
-        return False
-
-
 # --- Faults. ---
 
 
@@ -263,7 +232,7 @@ def test_watches_survive_hub_and_replica_kills(spec: ClusterSpec) -> None:
     session_failures_before = stream.statistics["session_failures"]
     stop_reading = threading.Event()
     stop_writing = threading.Event()
-    readers = {name: Reader(name, watched, stop_reading) for name, watched in watches.items()}
+    readers = {name: WatchReader(name, watched, stop_reading) for name, watched in watches.items()}
     writers = [Writer(spec, number, stop_writing) for number in range(WRITERS)]
     kills: dict[str, float] = {}
     started = time.monotonic()
@@ -276,7 +245,7 @@ def test_watches_survive_hub_and_replica_kills(spec: ClusterSpec) -> None:
         wait_for_hub_restart(spec, kills["hub"])
         # A watch from now, created mid-stream, starts wherever the restarted hub is.
         watches["all-from-now"] = watch(spec, "/faults", prev_kv=True)
-        readers["all-from-now"] = Reader("all-from-now", watches["all-from-now"], stop_reading)
+        readers["all-from-now"] = WatchReader("all-from-now", watches["all-from-now"], stop_reading)
         readers["all-from-now"].start()
         time.sleep(WRITE_PAUSE_S)
 
