@@ -13,9 +13,11 @@ voter each, on one local Ray instance that offers all three resources.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,22 @@ def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:
         _node_ip_address="127.0.0.1",
         _system_config=ray_system_config(),
     )
+
+
+@contextlib.contextmanager
+def local_cluster(spec: ClusterSpec, *, num_cpus: int = 2) -> Iterator[dict[str, Any]]:
+    """Start a local Ray instance and the cluster of `spec`, yield its status, and stop both on exit.
+
+    The data directory stays, as with `down`.
+    """
+    start_local_ray(spec, num_cpus=num_cpus)
+    try:
+        yield up(spec)
+    finally:
+        try:
+            down(spec)
+        finally:
+            ray.shutdown()
 
 
 def find_replica(spec: ClusterSpec, member: str) -> Any:

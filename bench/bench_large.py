@@ -78,13 +78,8 @@ def resident_mib(pid: int, field: str = "VmRSS") -> float:
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rayconf-bench-large-") as data:
         spec = cluster.default_spec(data, namespace=NAMESPACE)
-        cluster.start_local_ray(spec, num_cpus=RAY_CPUS)
-        try:
-            cluster.up(spec)
+        with cluster.local_cluster(spec, num_cpus=RAY_CPUS):
             return measure(spec)
-        finally:
-            cluster.down(spec)
-            ray.shutdown()
 
 
 def measure(spec: cluster.ClusterSpec) -> dict[str, Any]:

@@ -26,13 +26,8 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
         cluster.default_spec(str(data), namespace="rayconf-test", tick_ms=20),
         settings=ReplicaSettings(snapshot_interval_entries=200, compaction_margin_entries=5),
     )
-    cluster.start_local_ray(built, num_cpus=2)
-    try:
-        cluster.up(built)
+    with cluster.local_cluster(built):
         yield built
-    finally:
-        cluster.down(built)
-        ray.shutdown()
 
 
 @pytest.fixture

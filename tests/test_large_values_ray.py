@@ -39,13 +39,8 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
         cluster.default_spec(str(data), namespace="rayconf-large-test", tick_ms=20),
         settings=ReplicaSettings(chunk_orphan_grace_s=GRACE_S),
     )
-    cluster.start_local_ray(built, num_cpus=2)
-    try:
-        cluster.up(built)
+    with cluster.local_cluster(built):
         yield built
-    finally:
-        cluster.down(built)
-        ray.shutdown()
 
 
 @pytest.fixture
@@ -179,7 +174,7 @@ def test_watch_event_carries_manifest_and_fetches_value(client: Client) -> None:
     assert client.value_of(kv).value == value
 
 
-def test_small_value_that_starts_like_a_manifest_round_trips(client: Client) -> None:
+def test_manifest_lookalike_value_round_trips(client: Client) -> None:
     # Such a value travels as chunks, so reading it back never mistakes it for a manifest.
     value = MANIFEST_PREFIX + b"hello"
     client.put("/large/lookalike", value)
@@ -187,7 +182,7 @@ def test_small_value_that_starts_like_a_manifest_round_trips(client: Client) -> 
     assert kv is not None and kv.value == value
 
 
-def test_note_with_a_newline_is_rejected_and_changes_nothing(client: Client) -> None:
+def test_note_with_newline_rejected(client: Client) -> None:
     client.put("/large/noted", b"kept")
     before = client.get("/large/noted")
     with pytest.raises(InvalidRequest, match="unprintable character U\\+000A"):
