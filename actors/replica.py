@@ -329,8 +329,8 @@ class ReplicaActor:
     async def read_chunks(self, digests: list[bytes], local_only: bool = False) -> list[Any]:
         """Return ObjectRefs of the chunks, owned by this actor; a bad or missing copy is first repaired from a peer."""
         # NOTE: no token is checked here. Chunks are named by their SHA-256, and
-        # only a manifest that the caller was allowed to read names them, but a
-        # process that calls actors directly and knows a digest gets the chunk.
+        # only a manifest that the caller was allowed to read names them. Still,
+        # a process that calls actors directly with a digest gets the chunk.
         return await self.chunks.read(digests, local_only)
 
     async def chunk_statistics(self) -> dict[str, int]:

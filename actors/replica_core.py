@@ -67,7 +67,7 @@ class ReplicaSettings:
     check_quorum: bool = True
     # Serve ReadIndex from the leader's lease, without a heartbeat round per
     # batch of reads. It relies on the members' clocks running at about the
-    # same rate (see the Raft core's lease_drift_margin_ticks); the replica
+    # same rate (see the Raft core's lease_drift_margin_ticks). The replica
     # actor ticks by the monotonic clock, so a paused process does not stretch
     # the lease. False confirms every batch with a heartbeat round.
     lease_reads: bool = True

@@ -25,7 +25,7 @@ from the leader (its own fault filter, or the followed replica's, blocks the
 pair) or the leader call fails, the request goes to the followed replica,
 which forwards it through Raft. Reads waiting at the same time share one
 ReadIndex call: a read joins the next call that starts after it arrived, never
-one already in flight, because that call may have been answered before the
+one already in flight, because that call's index may date from before the
 read began.
 
 With auth enabled, every read carries a token, checked against the store's
@@ -53,7 +53,7 @@ from rayconf.actors.stream_follower import (
     poll_committed,
 )
 from rayconf.actors.transport import replica_actor_name
-from rayconf.errors import InvalidRequest, NotLeader, Unavailable
+from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.mvcc import MVCC
 from rayconf.store.records import RangeRequest, RangeResponse
 
@@ -209,17 +209,12 @@ class ShardStoreActor:
         leader = self.leader
         if leader and leader != self.following and not self._cut_off(self.following, leader):
             try:
-                handle = ray.get_actor(replica_actor_name(leader), namespace=self.namespace)
-                index: int = await self._call_read_index(handle, leader, timeout_s)
+                index = await self._call_read_index(leader, timeout_s)
                 self.read_index_direct_calls += 1
                 return index
-            except ray.exceptions.RayTaskError as error:
-                if isinstance(error.cause, Unavailable):
-                    raise error.cause from None
-                if not isinstance(error.cause, NotLeader):
-                    raise
-            except (ValueError, ray.exceptions.RayActorError):
-                pass  # the leader's actor is gone; fall back to the followed replica
+            except (NotLeader, ValueError, ray.exceptions.RayActorError) as error:
+                logger.info("store %s falls back to its replica for a ReadIndex: leader %s failed with %s",
+                            self.name, leader, type(error).__name__)
         return await self._ask_followed_replica(timeout_s)
 
     async def _ask_followed_replica(self, timeout_s: float) -> int:
@@ -234,27 +229,30 @@ class ShardStoreActor:
             members.insert(0, self.following)
         for member in members:
             try:
-                handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
-                index: int = await self._call_read_index(handle, member, timeout_s)
-                return index
+                return await self._call_read_index(member, timeout_s)
             except ValueError:
                 continue
             except ray.exceptions.RayActorError as error:
                 logger.warning("store %s skipped replica %s for a ReadIndex: %s", self.name, member,
                                type(error).__name__)
-                continue
-            except ray.exceptions.RayTaskError as error:
-                if isinstance(error.cause, Unavailable):
-                    raise error.cause from None
-                raise
         raise Unavailable(f"store {self.name} found no replica to confirm a linearizable read")
 
-    async def _call_read_index(self, handle: Any, member: str, timeout_s: float) -> int:
-        """Call `read_index` on one replica, bounded in time even when its process is paused."""
+    async def _call_read_index(self, member: str, timeout_s: float) -> int:
+        """Call `read_index` on one replica, bounded in time even when its process is paused.
+
+        Raises the rayconf error the replica raised (`Unavailable`, `NotLeader`),
+        `ValueError` when no actor has the replica's name, and Ray's actor
+        errors when the replica is gone or restarting.
+        """
+        handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
         try:
             index: int = await asyncio.wait_for(handle.read_index.remote(timeout_s), timeout=timeout_s + CALL_MARGIN_S)
         except asyncio.TimeoutError:
             raise Unavailable(f"replica {member} did not return a ReadIndex within {timeout_s} s") from None
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, RayconfError):
+                raise error.cause from None
+            raise
         return index
 
     def _cut_off(self, member: str, other: str) -> bool:

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 RETRY_DELAY_S = 0.2
 # Time a poll may take beyond its own wait before the follower moves on to the
 # next replica. A paused process or a lost node fails no call, it only stops
-# replying; the margin leaves room for a snapshot reply on a busy machine.
+# replying. The margin leaves room for a snapshot reply on a busy machine.
 POLL_REPLY_MARGIN_S = 10.0
 
 

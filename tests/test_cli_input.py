@@ -11,7 +11,7 @@ from rayconf.store.mvcc import MVCC
 from rayconf.store.validation import check_note
 
 
-def test_key_that_is_not_utf8_gets_invalid_key_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_utf8_key_rejected_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
     # The shell hands bytes that are not UTF-8 to Python as lone surrogates.
     # The address is one nothing listens on, so reaching it would fail differently.
     status = main(["put", "/a/\udcff", "1", "--address", "127.0.0.1:9"])
@@ -22,7 +22,7 @@ def test_key_that_is_not_utf8_gets_invalid_key_before_connecting(capsys: pytest.
     assert "UTF-8" in error
 
 
-def test_other_argument_that_is_not_utf8_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_utf8_argument_named(capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["put", "/a/b", "1", "--note", "bad \udcff", "--address", "127.0.0.1:9"])
 
     assert status == 1

@@ -2,7 +2,7 @@
 
 Stores ask the leader for a ReadIndex directly, share one call between the
 reads waiting at the same time, and honour the partitions of the fault
-filter. The leader answers from its lease by default, and a pause of its
+filter. The leader replies from its lease by default, and a pause of its
 process must not stretch that lease.
 """
 
@@ -30,13 +30,8 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
     data = tmp_path_factory.mktemp("rayconf-data")
     built = cluster.default_spec(str(data), namespace="rayconf-test-reads", tick_ms=TICK_MS)
     assert built.settings.lease_reads, "lease reads are the default"
-    cluster.start_local_ray(built, num_cpus=2)
-    try:
-        cluster.up(built)
+    with cluster.local_cluster(built):
         yield built
-    finally:
-        cluster.down(built)
-        ray.shutdown()
 
 
 @pytest.fixture
@@ -87,7 +82,7 @@ def test_store_asks_a_remote_leader_directly(spec: ClusterSpec, client: Client) 
     assert _store_status(spec, store)["read_index_direct_calls"] >= before + 5
 
 
-def test_reads_waiting_together_share_a_read_index_call(spec: ClusterSpec, client: Client) -> None:
+def test_concurrent_reads_share_read_index_call(spec: ClusterSpec, client: Client) -> None:
     written = client.put("/reads/shared", b"shared")
     store_name = spec.stores_in(spec.data_centers[0].name)[0]
     store = cluster.find_store(spec, store_name)
@@ -103,7 +98,7 @@ def test_reads_waiting_together_share_a_read_index_call(spec: ClusterSpec, clien
     assert 1 <= index_calls < calls // 2
 
 
-def test_store_honours_a_partition_set_on_replicas_alone(spec: ClusterSpec, client: Client) -> None:
+def test_store_honours_replica_only_partition(spec: ClusterSpec, client: Client) -> None:
     # The nemesis may cut the network on the replicas only. A store learns the
     # followed replica's filter from its stream replies, so it stops asking the
     # leader directly from a data center that cannot reach it.
@@ -133,11 +128,11 @@ def _pid(handle: Any) -> int:
     return pid
 
 
-def test_paused_leader_serves_no_stale_lease_read_after_it_resumes(spec: ClusterSpec, client: Client) -> None:
+def test_resumed_leader_serves_no_stale_read(spec: ClusterSpec, client: Client) -> None:
     # A leader process stopped for much longer than the election timeout loses
     # its lease while it sleeps, and the other voters elect a new leader that
     # takes writes. When the old leader resumes, the first call it runs may be
-    # a read that was queued during the pause; its lease must be judged by the
+    # a read that was queued during the pause. Its lease must be judged by the
     # time that passed, not by the ticks its stopped loop did not count.
     client.put("/reads/paused", b"old")
     old_leader = _leader(spec)
@@ -164,7 +159,7 @@ def test_paused_leader_serves_no_stale_lease_read_after_it_resumes(spec: Cluster
 
 
 
-def test_store_whose_paused_replica_led_serves_again(spec: ClusterSpec) -> None:
+def test_store_recovers_from_paused_leader(spec: ClusterSpec) -> None:
     # The store follows the replica of its own data center, which leads. When
     # that process stops, the store stops hearing from it without any call
     # failing. It must move on to another replica, learn the new leader and
