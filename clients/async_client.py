@@ -30,7 +30,8 @@ from rayconf.clients.client import (
     parse_consistency,
     to_key,
 )
-from rayconf.clients.large_values import LargeValues
+from rayconf.clients.chunk_cache import ChunkCache
+from rayconf.clients.large_values import CHUNK_CACHE_BYTES, LargeValues
 from rayconf.store.manifest import is_manifest
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.keys import prefix_end
@@ -68,7 +69,8 @@ class AsyncClient:
 
     def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "",
                  data_center: str | None = None, session: bool = True, token: str | None = None,
-                 token_source: Callable[[], str | None] | None = None) -> None:
+                 token_source: Callable[[], str | None] | None = None,
+                 chunk_cache_bytes: int = CHUNK_CACHE_BYTES) -> None:
         """See `Client`. With auth enabled, give `token`, or `token_source`, which returns a fresh token.
 
         `Client.aio` passes its own login as `token_source`, so a client with
@@ -91,7 +93,8 @@ class AsyncClient:
         self._random = random.Random()
         self._batches: dict[tuple[str, str, int | None, int], _PendingBatch] = {}
         # Chunking and fetching are blocking Ray calls, so they run in a thread.
-        self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s)
+        self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s,
+                                        cache=ChunkCache(chunk_cache_bytes))
 
     # --- Writes. ---
 
@@ -189,6 +192,9 @@ class AsyncClient:
         response = await self._retry(attempt, "read")
         if request.keys_only or request.count_only or not any(is_manifest(kv.value) for kv in response.kvs):
             return response
+        cached = self.large_values.resolve_range_from_cache(response)
+        if cached is not None:
+            return cached
         return await asyncio.to_thread(self.large_values.resolve_range, response)
 
     def _coalesced_read(self, store: str, request: RangeRequest, mode: str, staleness_ms: int | None,

@@ -32,7 +32,8 @@ import ray
 from sortedcontainers import SortedList
 
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
-from rayconf.clients.large_values import LargeValues, manifest_of, value_too_large
+from rayconf.clients.chunk_cache import ChunkCache
+from rayconf.clients.large_values import CHUNK_CACHE_BYTES, LargeValues, manifest_of, value_too_large
 from rayconf.errors import AuthenticationFailed, InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
 from rayconf.store.keys import DirectoryEntry, iter_children, prefix_end, validate_directory, validate_path
 from rayconf.store.validation import check_note
@@ -103,7 +104,8 @@ class Client:
 
     def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "",
                  data_center: str | None = None, session: bool = True, user: str | None = None,
-                 password: str | None = None, token: str | None = None) -> None:
+                 password: str | None = None, token: str | None = None,
+                 chunk_cache_bytes: int = CHUNK_CACHE_BYTES) -> None:
         """Connect to the cluster of `spec`.
 
         Reads go to a shard store of `data_center` (default: the
@@ -112,6 +114,8 @@ class Client:
         `session`, every read waits for the newest revision this client wrote.
         `user` with `password`, or `token`, authenticate the client when auth
         is enabled; with auth disabled, `user` is only the recorded principal.
+        Up to `chunk_cache_bytes` of the chunks of large values read or
+        written stay in memory for later reads; 0 turns that cache off.
         """
         self.spec = spec
         self.timeout_s = timeout_s
@@ -136,7 +140,8 @@ class Client:
         self._random = random.Random()
         # The newest revision this client wrote; see `last_revision`.
         self.last_revision = 0
-        self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s)
+        self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s,
+                                        cache=ChunkCache(chunk_cache_bytes))
 
     def __repr__(self) -> str:
         # Never shows the password or the token.
@@ -186,6 +191,7 @@ class Client:
             self._aio = AsyncClient(self.spec, timeout_s=self.timeout_s, principal=self.principal,
                                     data_center=self.data_center, session=self.session,
                                     token_source=self.current_token)
+            self._aio.large_values.cache = self.large_values.cache
         return self._aio
 
     # --- Writes. ---

@@ -11,6 +11,10 @@ client asks a replica for the chunks, gets ObjectRefs that the replica owns,
 checks each chunk's sha256 and the whole value's sha256, and joins them. A
 chunk that fails its check, or a replica that fails, sends the client to the
 next replica, those of its own data center first.
+
+Checked chunks, and the chunks this client uploads, stay in a `ChunkCache`
+bounded in bytes, so reading a large value again fetches only the chunks
+that changed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, BinaryIO
 import ray
 
 from rayconf.actors.cluster import ClusterSpec, find_replica
+from rayconf.clients.chunk_cache import ChunkCache
 from rayconf.errors import ChunkCorrupt, ChunkMissing, RayconfError, Unavailable, ValueTooLarge
 from rayconf.store.limits import MIB
 from rayconf.store.manifest import Manifest, ManifestBuilder, decode_manifest, is_manifest, needs_chunks
@@ -49,16 +54,20 @@ logger = logging.getLogger(__name__)
 # bytes in a reader's memory before they are written out to ten chunks (10 MiB
 # with the default chunk size).
 READ_CHUNKS_PER_CALL = 10
+# Default bound of a client's chunk cache.
+CHUNK_CACHE_BYTES = 64 * MIB
 
 
 class LargeValues:
     """Chunking and reassembly of large values for one client of one cluster."""
 
-    def __init__(self, spec: ClusterSpec, *, data_center: str, timeout_s: float) -> None:
+    def __init__(self, spec: ClusterSpec, *, data_center: str, timeout_s: float,
+                 cache: ChunkCache | None = None) -> None:
         self.spec = spec
         self.limits = spec.limits
         self.timeout_s = timeout_s
         self.data_center = data_center
+        self.cache = cache if cache is not None else ChunkCache(CHUNK_CACHE_BYTES)
         self._random = random.Random()
 
     # --- Writes. ---
@@ -106,6 +115,7 @@ class LargeValues:
             digest = builder.add(chunk)
             if digest not in refs:
                 refs[digest] = ray.put(chunk)
+                self.cache.add(digest, chunk)
         return builder.finish().encode(), refs
 
     def _put_manifest(self, operation: Operation, refs: dict[bytes, Any]) -> Operation:
@@ -144,6 +154,26 @@ class LargeValues:
         if not any(is_manifest(kv.value) for kv in response.kvs):
             return response
         return dataclasses.replace(response, kvs=tuple(self.value_of(kv) for kv in response.kvs))
+
+    def resolve_range_from_cache(self, response: RangeResponse) -> RangeResponse | None:
+        """Return `response` with its large values joined from the cache alone, or None if that cannot be done.
+
+        It makes no Ray call and hashes nothing, so the asyncio client runs it
+        in its event loop and sends only the misses to a worker thread.
+        """
+        kvs = []
+        for kv in response.kvs:
+            if not is_manifest(kv.value):
+                kvs.append(kv)
+                continue
+            manifest = decode_manifest(kv.value)
+            if not self.cache.is_checked(manifest):
+                return None
+            chunks = [self.cache.get(digest) for digest in manifest.chunk_digests]
+            if any(chunk is None for chunk in chunks):
+                return None
+            kvs.append(dataclasses.replace(kv, value=b"".join(chunks)))  # type: ignore[arg-type]
+        return dataclasses.replace(response, kvs=tuple(kvs))
 
     def resolve_txn(self, response: TxnResponse) -> TxnResponse:
         """Fetch large values in a txn's responses: ranges, and previous values of puts and deletes."""
@@ -186,17 +216,33 @@ class LargeValues:
         """Yield the chunks of `manifest` in order, each checked against its digest.
 
         Raises `ChunkCorrupt` if the joined bytes fail the value's sha256,
-        which only a wrong manifest can cause once every chunk passed.
+        which only a wrong manifest can cause once every chunk passed. A
+        manifest that passed this check once is not hashed again.
         """
-        value_hash = hashlib.sha256()
+        value_hash = None if self.cache.is_checked(manifest) else hashlib.sha256()
         digests = manifest.chunk_digests
         for start in range(0, len(digests), READ_CHUNKS_PER_CALL):
-            for chunk in self._fetch_chunks(list(digests[start:start + READ_CHUNKS_PER_CALL])):
-                value_hash.update(chunk)
+            for chunk in self._cached_or_fetched(list(digests[start:start + READ_CHUNKS_PER_CALL])):
+                if value_hash is not None:
+                    value_hash.update(chunk)
                 yield chunk
+        if value_hash is None:
+            return
         if value_hash.digest() != manifest.value_digest:
             raise ChunkCorrupt(f"value with sha256 {manifest.value_hex()} reassembled to other bytes; "
                                "its manifest does not match its chunks", digest=manifest.value_hex())
+        self.cache.mark_checked(manifest)
+
+    def _cached_or_fetched(self, digests: list[bytes]) -> list[bytes]:
+        """Return the chunks of `digests` in order, from the cache where it has them, else from a replica."""
+        found = [self.cache.get(digest) for digest in digests]
+        missing = list(dict.fromkeys(digest for digest, chunk in zip(digests, found) if chunk is None))
+        if not missing:
+            return found  # type: ignore[return-value]
+        fetched = dict(zip(missing, self._fetch_chunks(missing)))
+        for digest, chunk in fetched.items():
+            self.cache.add(digest, chunk)
+        return [fetched[digest] if chunk is None else chunk for digest, chunk in zip(digests, found)]
 
     def _fetch_chunks(self, digests: list[bytes]) -> list[bytes]:
         errors: list[str] = []

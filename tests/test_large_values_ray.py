@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import os
@@ -20,6 +21,7 @@ import ray
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec, find_replica
 from rayconf.actors.replica_core import ReplicaSettings
+from rayconf.clients.async_client import AsyncClient
 from rayconf.clients.client import Client
 from rayconf.clients.large_values import manifest_of
 from rayconf.errors import InvalidRequest, Unavailable, ValueTooLarge
@@ -78,6 +80,36 @@ def test_put_get_ten_mib_byte_for_byte(spec: ClusterSpec, client: Client) -> Non
     stale = client.get("/docs/routing", consistency="serializable", min_revision=written.revision)
     assert stale is not None
     assert stale.value == value
+    # The writer's cache holds the chunks it uploaded; a client without a
+    # cache fetches every chunk from a replica.
+    fetched = Client(spec, timeout_s=30.0, chunk_cache_bytes=0).get("/docs/routing")
+    assert fetched is not None
+    assert fetched.value == value
+
+
+def test_second_read_of_large_value_comes_from_chunk_cache(spec: ClusterSpec, client: Client) -> None:
+    first = random_value(3 * MIB, seed=40)
+    client.put("/docs/cached", first)
+    reader = Client(spec, timeout_s=30.0)
+    assert reader.get("/docs/cached").value == first  # type: ignore[union-attr]
+    assert reader.large_values.cache.stats()["misses"] == 3
+    assert reader.get("/docs/cached").value == first  # type: ignore[union-attr]
+    assert reader.large_values.cache.stats()["hits"] == 3
+
+    # Only the chunk that changed is fetched for the next version.
+    second = first[:MIB] + random_value(MIB, seed=41) + first[2 * MIB:]
+    client.put("/docs/cached", second)
+    assert reader.get("/docs/cached").value == second  # type: ignore[union-attr]
+    assert reader.large_values.cache.stats()["misses"] == 4
+
+    async def read_async() -> bytes | None:
+        aio = AsyncClient(spec, timeout_s=30.0)
+        await aio.get("/docs/cached")
+        kv = await aio.get("/docs/cached")
+        assert aio.large_values.cache.stats()["hits"] >= 3
+        return None if kv is None else kv.value
+
+    assert asyncio.run(read_async()) == second
 
 
 def test_async_client_round_trips_large_value(spec: ClusterSpec) -> None:
