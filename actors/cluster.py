@@ -110,14 +110,14 @@ class ClusterSpec:
 
 
 def default_spec(data_directory: str = "./rayconf-data", namespace: str = DEFAULT_NAMESPACE,
-                 tick_ms: int = 50, lease_reads: bool = True) -> ClusterSpec:
+                 tick_ms: int = 50, lease_reads: bool = True, store_leases: bool = True) -> ClusterSpec:
     """Return the embedded default: dc-a, dc-b and dc-c with one voter, shard store and watch hub each."""
     return ClusterSpec(
         data_centers=tuple(DataCenter(name, voters=(f"{name}-1",), stores=1, hubs=1) for name in ("dc-a", "dc-b", "dc-c")),
         data_directory=str(Path(data_directory).resolve()),
         namespace=namespace,
         tick_ms=tick_ms,
-        settings=ReplicaSettings(lease_reads=lease_reads),
+        settings=ReplicaSettings(lease_reads=lease_reads, store_leases=store_leases),
     )
 
 

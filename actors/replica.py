@@ -41,6 +41,8 @@ from rayconf.actors import auth_guard
 from rayconf.actors.raft.types import Message, MessageType, NodeId
 from rayconf.actors.replica_chunks import ReplicaChunks, chunk_digests_of
 from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
+from rayconf.actors.shard_store import store_actor_name
+from rayconf.actors.store_leases import StoreLeases, lease_duration_s
 from rayconf.actors.transport import Transport
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.auth import SECRET_BYTES, authorize_command, require_admin
@@ -59,6 +61,8 @@ READY_ROUNDS_MAX = 64
 PENDING_REQUESTS_MAX = 10_000
 # Bytes of entries per committed-stream reply (at least one entry is sent).
 STREAM_BYTES_MAX = 4 * 1024 * 1024
+# Shortest store lease worth granting; a shorter one would end before it arrives.
+STORE_LEASE_MIN_S = 0.02
 
 
 @ray.remote
@@ -84,7 +88,13 @@ class ReplicaActor:
                                 seed=int.from_bytes(os.urandom(8), "big"), limits=limits)
         self.chunks = ReplicaChunks(member, directory, namespace, settings.chunk_orphan_grace_s)
         self.transport = Transport(member, namespace)
+        self.core.node.set_read_index_cap(self._exposed_index)
         self._proposals: dict[str, asyncio.Future[ApplyResult]] = {}
+        # Results of applied proposals that wait until every store lease holder
+        # confirmed their entries: (applied index when taken, future, result).
+        self._held: list[tuple[int, asyncio.Future[ApplyResult], ApplyResult]] = []
+        self.store_leases = StoreLeases()
+        self._store_handles: dict[str, Any] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -114,8 +124,8 @@ class ReplicaActor:
                 logger.exception("replica %s failed to process a Ready", self.member)
                 raise
 
-    def _advance_clock(self) -> None:
-        """Tick the core once for every tick period that has passed on the monotonic clock.
+    def _advance_clock(self) -> bool:
+        """Tick the core once for every tick period that has passed on the monotonic clock; return whether it ticked.
 
         Ticks follow elapsed time, not the loop's wake-ups: after the process
         was paused (SIGSTOP, a long GC pause) or its loop was blocked, the core
@@ -123,9 +133,12 @@ class ReplicaActor:
         a leader never judges its lease with a clock that stood still.
         """
         now = time.monotonic()
+        ticked = False
         while now >= self._next_tick:
             self.core.tick()
             self._next_tick += self.tick_s
+            ticked = True
+        return ticked
 
     def _drain(self) -> None:
         for _ in range(READY_ROUNDS_MAX):
@@ -141,8 +154,10 @@ class ReplicaActor:
             if outcome.leader_changed:
                 self._fail_reads("the leader changed while the read was waiting")
         self.transport.flush()
+        self._release_held()
         self._resolve_applied()
         self._after_apply_chunks()
+        self._push_lease_updates()
 
     def _after_apply_chunks(self) -> None:
         core = self.core
@@ -155,12 +170,29 @@ class ReplicaActor:
             core.chunk_scan_due = False
 
     def _resolve_proposals(self) -> None:
+        applied = self.core.state.applied_index
         for request_id in list(self._proposals):
             result = self.core.take_result(request_id)
             if result is not None:
-                future = self._proposals.pop(request_id)
+                self._held.append((applied, self._proposals.pop(request_id), result))
+
+    def _exposed_index(self) -> int:
+        """Return the highest committed index that every store lease holder has confirmed (see store_leases.py)."""
+        return self.store_leases.exposed(self.core.commit_index(), time.monotonic())
+
+    def _release_held(self) -> None:
+        """Return the results of the proposals whose entries every store lease holder has confirmed."""
+        if not self._held:
+            return
+        exposed = self._exposed_index()
+        waiting = []
+        for index, future, result in self._held:
+            if index <= exposed:
                 if not future.done():
                     future.set_result(result)
+            else:
+                waiting.append((index, future, result))
+        self._held = waiting
 
     def _resolve_applied(self) -> None:
         applied = self.core.state.applied_index
@@ -186,6 +218,9 @@ class ReplicaActor:
             if message.type in LEADER_MESSAGE_TYPES:
                 self._leader_contact = time.monotonic()
             self.core.step(message)
+        # A follower's reply may have advanced the commit index, and with it
+        # the exposed index that lease holders need to serve reads again.
+        self._push_lease_updates()
         self._wake.set()
 
     def leader_age_ms(self) -> int:
@@ -233,6 +268,9 @@ class ReplicaActor:
             future = asyncio.get_running_loop().create_future()
             self._proposals[command.request_id] = future
             self.core.propose(command)
+            # Lease holders hear of the new entry while it replicates, so
+            # their replies rarely hold the result back once it commits.
+            self._push_lease_updates()
             self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
@@ -246,8 +284,10 @@ class ReplicaActor:
                    timeout_s: float = 5.0, token: str | None = None) -> RangeResponse:
         """Serve a range at the given consistency ("linearizable" or "serializable")."""
         if consistency == "linearizable":
-            await self._confirm_read_index(timeout_s)
-        elif consistency != "serializable":
+            index = await self._confirm_read_index(timeout_s)
+            auth_guard.authorize_read(self.core.state.auth, token, request.key, request.range_end)
+            return self.core.state.range_at_index(request, index)
+        if consistency != "serializable":
             raise InvalidRequest(f"consistency {consistency!r} is unknown; use 'linearizable' or 'serializable'")
         auth_guard.authorize_read(self.core.state.auth, token, request.key, request.range_end)
         return self.core.state.range(request)
@@ -286,20 +326,27 @@ class ReplicaActor:
         return {"snapshot": snapshot, "entries": entries, "leader_age_ms": self.leader_age_ms(),
                 "leader": self.core.leader, "blocked": sorted(self.transport.faults.blocked)}
 
-    async def _confirm_read_index(self, timeout_s: float) -> None:
+    async def _confirm_read_index(self, timeout_s: float) -> int:
         index = await self._read_index(timeout_s)
         try:
             await asyncio.wait_for(self._wait_applied(index), timeout=timeout_s)
         except asyncio.TimeoutError:
             raise Unavailable(f"{self.member} did not apply index {index} within {timeout_s} s") from None
+        return index
 
     async def _read_index(self, timeout_s: float) -> int:
         if len(self._reads) >= PENDING_REQUESTS_MAX:
             raise Unavailable(f"{self.member} has {len(self._reads)} reads waiting; retry later")
+        if self._advance_clock():
+            self._wake.set()
+        # A leader inside its lease returns the read point at once, the index
+        # the Raft core would return through its next Ready.
+        leased = self.core.lease_read_index()
+        if leased is not None:
+            return min(leased, self._exposed_index())
         context = uuid.uuid4().bytes
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[context] = future
-        self._advance_clock()
         try:
             self.core.read_index(context)
         except RayconfError as error:
@@ -307,11 +354,14 @@ class ReplicaActor:
             raise Unavailable(f"{self.member} cannot serve a linearizable read now: {error}") from error
         self._wake.set()
         try:
-            return await asyncio.wait_for(future, timeout=timeout_s)
+            index = await asyncio.wait_for(future, timeout=timeout_s)
         except asyncio.TimeoutError:
             self._reads.pop(context, None)
             raise Unavailable(f"linearizable read on {self.member} timed out after {timeout_s} s; "
                               "no quorum confirmed the leader") from None
+        # The leader's Raft core has already capped the index at its exposed
+        # index, also for a read that this member forwarded as a follower.
+        return index
 
     async def _wait_applied(self, index: int) -> None:
         if self.core.state.applied_index >= index:
@@ -319,6 +369,84 @@ class ReplicaActor:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._applied_waiters.append((index, future))
         await future
+
+    # --- Read leases of shard stores (see store_leases.py). ---
+
+    async def grant_read_lease(self, store: str, following: str) -> dict[str, Any] | None:
+        """Grant `store` a read lease; return its terms, or None when this member cannot grant one now.
+
+        The store counts the returned `duration_s` from when it sent the
+        call. None means: not the leader, lease reads or store leases off,
+        the leader lease too short, or the fault filter cuts this member off
+        from the replica the store follows. The store then reads through ReadIndex.
+        """
+        settings = self.core.settings
+        if not (settings.lease_reads and settings.store_leases) or self._lease_cut_off(following):
+            return None
+        if self._advance_clock():
+            self._wake.set()
+        duration_s = lease_duration_s(self.core.lease_remaining_ticks(), self.tick_s)
+        if duration_s < STORE_LEASE_MIN_S:
+            return None
+        last_index = self.core.last_index()
+        self.store_leases.grant(store, following, time.monotonic(), duration_s, last_index)
+        return {"leader": self.member, "term": self.core.term(), "duration_s": duration_s, "index": last_index,
+                "exposed": self._exposed_index()}
+
+    def _push_lease_updates(self) -> None:
+        """Send each lease holder the last log index and the exposed index it has not been sent yet.
+
+        The last index goes out as soon as an entry is appended, so a holder's
+        reply usually arrives while the entry replicates. The exposed index
+        goes out as soon as it grows, so holders serve reads from their lease
+        again right after a write. Updates to one holder are not serialized:
+        a new one leaves while older ones are in flight, and the store keeps
+        the maximum of what arrives.
+        """
+        if not self.store_leases.holders or not self.core.is_leader():
+            return
+        term = self.core.term()
+        last_index = self.core.last_index()
+        exposed = self._exposed_index()
+        for store in self.store_leases.take_unsent(last_index, exposed):
+            holder = self.store_leases.holders[store]
+            if self._lease_cut_off(holder.following):
+                self.store_leases.resend(store)
+                continue
+            asyncio.ensure_future(self._send_lease_update(store, term, last_index, exposed, holder.expires))
+
+    async def _send_lease_update(self, store: str, term: int, index: int, exposed: int, expires: float) -> None:
+        handle = self._store_handles.get(store)
+        try:
+            if handle is None:
+                handle = self._store_handles[store] = ray.get_actor(store_actor_name(store),
+                                                                    namespace=self.transport.namespace)
+            timeout = max(self.tick_s, expires - time.monotonic())
+            accepted: bool = await asyncio.wait_for(handle.lease_update.remote(self.member, term, index, exposed),
+                                                    timeout=timeout)
+        except (asyncio.TimeoutError, ValueError, ray.exceptions.RayError) as error:
+            # The lease ends on its own; until then writes wait for this store.
+            if not isinstance(error, asyncio.TimeoutError):
+                self._store_handles.pop(store, None)
+            logger.info("replica %s: lease update to store %s failed: %s", self.member, store, type(error).__name__)
+            self.store_leases.resend(store)
+            return
+        if self.core.term() != term:
+            # A reply from an older term says nothing about a lease granted in this one.
+            return
+        if not accepted:
+            # The grant has not reached the store yet. The next push, at the
+            # latest on the next tick, sends the update again.
+            self.store_leases.resend(store)
+            return
+        self.store_leases.acknowledge(store, index, exposed)
+        self._release_held()
+        # Every holder may now have confirmed a committed index: send the new exposed index.
+        self._push_lease_updates()
+
+    def _lease_cut_off(self, following: str) -> bool:
+        blocked = self.transport.faults.blocked
+        return (self.member, following) in blocked or (following, self.member) in blocked
 
     # --- Chunks of large values. ---
 
@@ -411,6 +539,10 @@ class ReplicaActor:
         status["leader_age_ms"] = self.leader_age_ms()
         status["pending_proposals"] = len(self._proposals)
         status["pending_reads"] = len(self._reads)
+        status["held_results"] = len(self._held)
+        status["exposed_index"] = self._exposed_index()
+        status["store_leases"] = self.store_leases.describe(time.monotonic())
+        status["store_leases_granted"] = self.store_leases.granted
         status["transport"] = self.transport.statistics()
         status["pid"] = os.getpid()
         # Peak resident memory of this process, in KiB on Linux.

@@ -71,6 +71,9 @@ class ReplicaSettings:
     # actor ticks by the monotonic clock, so a paused process does not stretch
     # the lease. False confirms every batch with a heartbeat round.
     lease_reads: bool = True
+    # Grant shard stores read leases, so they serve linearizable reads without
+    # asking the leader (see store_leases.py). Needs lease_reads.
+    store_leases: bool = True
     max_inflight_msgs: int = 256
     max_size_per_msg_bytes: int = 1024 * 1024
     # Chunk files that no retained revision names are kept this long, because
@@ -172,6 +175,21 @@ class ReplicaCore:
 
     def read_index(self, context: bytes) -> None:
         self.node.read_index(context)
+
+    def lease_read_index(self) -> int | None:
+        return self.node.lease_read_index()
+
+    def lease_remaining_ticks(self) -> int:
+        return self.node.lease_remaining_ticks()
+
+    def commit_index(self) -> int:
+        return self.node.raft.log.committed
+
+    def last_index(self) -> int:
+        return self.node.raft.log.last_index()
+
+    def term(self) -> int:
+        return self.node.raft.term
 
     def take_result(self, request_id: str) -> ApplyResult | None:
         """Return and forget the result of an applied command, or None if not applied yet here."""

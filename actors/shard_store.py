@@ -15,9 +15,15 @@ Reads:
 - bounded staleness (`max_staleness_ms`): as serializable, but only if the
   age is within the bound. Otherwise it waits for the next poll, up to the
   timeout, then raises `Unavailable`.
-- "linearizable": asks the leader for a ReadIndex, then waits until the
-  store has applied that index. The leader replies from its lease, or confirms
-  with a heartbeat round to a quorum when lease reads are off.
+- "linearizable": served from the store's read lease when it holds one and
+  no write is in flight (see `store_leases.py`). The leader sends the store
+  every new log index and returns no write's result before the store
+  confirmed it, so the store serves the read at once, at the exposed index
+  the leader last sent.
+  Without a valid lease the store asks the leader for a ReadIndex, then
+  waits until it has applied that index. The leader replies from its own
+  lease, or confirms with a heartbeat round to a quorum when lease reads are
+  off. Either way the store reads at the revision of that log index.
 
 The ReadIndex request goes straight to the leader that the followed replica
 names, which saves the replica's forwarding hop. When the store is cut off
@@ -63,6 +69,14 @@ logger = logging.getLogger(__name__)
 # store's age reading gets, because each reply refreshes the age.
 POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
+# Pause between lease requests while the leader grants none (unknown, cut off, or refusing).
+LEASE_RETRY_S = 0.1
+# A held lease is renewed when this fraction of it has passed.
+LEASE_RENEW_FRACTION = 1 / 3
+# Time allowed for a lease request; a late grant only shortens the lease.
+LEASE_CALL_TIMEOUT_S = 1.0
+# Wait between read-point checks when a read's min_revision is above the read point.
+MIN_REVISION_POLL_S = 0.02
 # Time allowed beyond a call's own timeout before the store gives up on a
 # replica whose process does not run (paused, or on a lost node).
 CALL_MARGIN_S = 1.0
@@ -101,12 +115,26 @@ class ShardStoreActor:
         self._index_waiters: list[asyncio.Future[int]] = []
         self._index_calls_running = False
         self.read_index_calls = 0
+        # Replica handles by member, for ReadIndex calls; a name lookup costs a GCS round trip.
+        self._handles: dict[str, Any] = {}
         self.read_index_direct_calls = 0
         self._progress = asyncio.Condition()
         # Snapshots received from the replica; only the newest is kept.
         self._scratch = Path(data_directory) / "stores" / name
         self._scratch.mkdir(parents=True, exist_ok=True)
+        # The read lease from `_lease_leader` in `_lease_term`, valid until
+        # `_lease_expires` (monotonic). `_lease_acked` is the highest log
+        # index received from that leader, `_lease_exposed` the highest
+        # exposed index, committed and confirmed by every holder.
+        self._lease_leader = ""
+        self._lease_term = 0
+        self._lease_expires = 0.0
+        self._lease_acked = 0
+        self._lease_exposed = 0
+        self.lease_grants = 0
+        self.lease_reads = 0
         self._task = asyncio.get_event_loop().create_task(self._follow())
+        self._lease_task = asyncio.get_event_loop().create_task(self._keep_lease())
         logger.info("shard store %s up in %s, following %s", name, data_center, replicas)
 
     # --- Following the committed stream. ---
@@ -153,25 +181,134 @@ class ShardStoreActor:
         """Serve several ranges after one consistency check, shared by all of them."""
         deadline = time.monotonic() + timeout_s
         if consistency == "linearizable":
-            index = await self._read_index(timeout_s)
-            await self._wait(lambda: self.state.applied_index >= index, deadline,
-                             f"apply index {index}")
+            index = await self._read_point(min_revision, deadline, timeout_s)
         elif consistency == "serializable":
             if max_staleness_ms is not None:
                 await self._wait(lambda: self.age_ms() <= max_staleness_ms, deadline,
                                  f"hear from its replica within {max_staleness_ms} ms")
+            if min_revision:
+                await self._wait(lambda: self.state.revision >= min_revision, deadline,
+                                 f"reach revision {min_revision}")
         else:
             raise InvalidRequest(f"consistency {consistency!r} is unknown; use 'linearizable' or 'serializable'")
-        if min_revision:
-            await self._wait(lambda: self.state.revision >= min_revision, deadline,
-                             f"reach revision {min_revision}")
         for request in requests:
             authorize_read(self.state.auth, token, request.key, request.range_end)
         results = []
         for request in requests:
-            response: RangeResponse = self.state.range(request)
+            if consistency == "linearizable":
+                response: RangeResponse = self.state.range_at_index(request, index)
+            else:
+                response = self.state.range(request)
             results.append({"response": response, "age_ms": self.age_ms(), "store": self.name})
         return results
+
+    async def _read_point(self, min_revision: int, deadline: float, timeout_s: float) -> int:
+        """Return the log index to serve a linearizable read at, applied here and at or above `min_revision`.
+
+        A `min_revision` that came from a write this client saw acknowledged
+        is always covered. One seen only through a serializable read or a
+        watch may be ahead of what every reader is allowed to see yet, so
+        the read waits for a later read point.
+        """
+        while True:
+            index = await self._lease_read_point(deadline)
+            if index is None:
+                index = await self._read_index(timeout_s)
+                await self._wait(lambda: self.state.applied_index >= index, deadline, f"apply index {index}")
+            revision = self.state.revision_at_index(index)
+            if not min_revision or (revision is not None and revision >= min_revision):
+                return index
+            if time.monotonic() + MIN_REVISION_POLL_S > deadline:
+                raise Unavailable(f"store {self.name} did not reach revision {min_revision} in time "
+                                  f"(revision {self.state.revision}); retry or read elsewhere")
+            await asyncio.sleep(MIN_REVISION_POLL_S)
+
+    async def _lease_read_point(self, deadline: float) -> int | None:
+        """Return a read point from the lease, or None when the read must take the ReadIndex path.
+
+        Everything a completed operation saw is at or below the last index
+        the leader sent this store (`_lease_acked`). When the exposed index
+        the leader sent is at least that, the store reads at the exposed
+        index, once it has applied it. Otherwise a write is in flight, and
+        the read takes the ReadIndex path rather than wait for the write.
+        """
+        if time.monotonic() >= self._lease_expires:
+            return None
+        target = self._lease_acked
+        if self._lease_exposed < target:
+            return None
+        leader, term = self._lease_leader, self._lease_term
+
+        def applied() -> bool:
+            return self.state.applied_index >= target
+
+        if not applied() and not await self._wait_until(applied, min(deadline, self._lease_expires)):
+            return None
+        if (self._lease_leader, self._lease_term) != (leader, term):
+            return None
+        self.lease_reads += 1
+        return min(self._lease_exposed, self.state.applied_index)
+
+    # --- The read lease. ---
+
+    async def _keep_lease(self) -> None:
+        """Ask the leader for a read lease and renew it, forever."""
+        while True:
+            leader = self.leader
+            grant = None
+            if leader and not self._cut_off(self.following, leader):
+                grant = await self._ask_lease(leader)
+            if grant is None:
+                await asyncio.sleep(LEASE_RETRY_S)
+                continue
+            await asyncio.sleep(max(0.005, grant["duration_s"] * LEASE_RENEW_FRACTION))
+
+    async def _ask_lease(self, leader: str) -> dict[str, Any] | None:
+        asked = time.monotonic()
+        try:
+            handle = self._replica_handle(leader)
+            grant: dict[str, Any] | None = await asyncio.wait_for(
+                handle.grant_read_lease.remote(self.name, self.following), timeout=LEASE_CALL_TIMEOUT_S)
+        except (asyncio.TimeoutError, ValueError, ray.exceptions.RayError) as error:
+            self._handles.pop(leader, None)
+            logger.info("store %s got no read lease from %s: %s", self.name, leader, type(error).__name__)
+            return None
+        if grant is None:
+            return None
+        if (grant["leader"], grant["term"]) != (self._lease_leader, self._lease_term):
+            self._lease_leader, self._lease_term = grant["leader"], grant["term"]
+            self._lease_acked = grant["index"]
+            self._lease_exposed = grant["exposed"]
+        else:
+            self._lease_acked = max(self._lease_acked, grant["index"])
+            self._lease_exposed = max(self._lease_exposed, grant["exposed"])
+        # Counted from the request, so the lease ends here before it ends on the leader.
+        self._lease_expires = asked + grant["duration_s"]
+        self.lease_grants += 1
+        async with self._progress:
+            self._progress.notify_all()
+        return grant
+
+    async def lease_update(self, leader: str, term: int, index: int, exposed: int) -> bool:
+        """Record a new last log index and exposed index from the lease's leader; return whether accepted.
+
+        An update from any other leader or term is rejected, and so is one
+        that arrives before its grant: the leader then sends it again. The
+        leader counts `index` as confirmed by this store only when this returns True.
+        """
+        if (leader, term) != (self._lease_leader, self._lease_term):
+            return False
+        self._lease_acked = max(self._lease_acked, index)
+        self._lease_exposed = max(self._lease_exposed, exposed)
+        async with self._progress:
+            self._progress.notify_all()
+        return True
+
+    def _replica_handle(self, member: str) -> Any:
+        handle = self._handles.get(member)
+        if handle is None:
+            handle = self._handles[member] = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
+        return handle
 
     async def _read_index(self, timeout_s: float) -> int:
         """Return a ReadIndex from a call that started after this read arrived."""
@@ -244,7 +381,7 @@ class ShardStoreActor:
         `ValueError` when no actor has the replica's name, and Ray's actor
         errors when the replica is gone or restarting.
         """
-        handle = ray.get_actor(replica_actor_name(member), namespace=self.namespace)
+        handle = self._replica_handle(member)
         try:
             index: int = await asyncio.wait_for(handle.read_index.remote(timeout_s), timeout=timeout_s + CALL_MARGIN_S)
         except asyncio.TimeoutError:
@@ -252,6 +389,10 @@ class ShardStoreActor:
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, RayconfError):
                 raise error.cause from None
+            raise
+        except ray.exceptions.RayActorError:
+            # A replica created anew under the same name has a new handle.
+            self._handles.pop(member, None)
             raise
         return index
 
@@ -266,6 +407,19 @@ class ShardStoreActor:
         replica and the leader keeps the store from asking the leader directly.
         """
         self.own_blocked = set(map(tuple, blocked))  # type: ignore[arg-type]
+
+    async def _wait_until(self, ready: Any, until: float) -> bool:
+        """Wait until `ready()` or the monotonic time `until`; return whether it became ready."""
+        async with self._progress:
+            while not ready():
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._progress.wait(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    pass
+        return True
 
     async def _wait(self, ready: Any, deadline: float, what: str) -> None:
         async with self._progress:
@@ -296,6 +450,10 @@ class ShardStoreActor:
             "leader": self.leader,
             "read_index_calls": self.read_index_calls,
             "read_index_direct_calls": self.read_index_direct_calls,
+            "lease_leader": self._lease_leader,
+            "lease_remaining_ms": max(0, int((self._lease_expires - time.monotonic()) * 1000)),
+            "lease_grants": self.lease_grants,
+            "lease_reads": self.lease_reads,
             "auth_enabled": self.state.auth.enabled,
             "auth_revision": self.state.auth.revision,
         }

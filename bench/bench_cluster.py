@@ -56,6 +56,9 @@ TICK_MS = 50
 # Lease reads are the default; RAYCONF_BENCH_LEASE_READS=0 measures a
 # heartbeat round per batch of linearizable reads instead.
 LEASE_READS = os.environ.get("RAYCONF_BENCH_LEASE_READS", "1") != "0"
+# Store read leases are the default; RAYCONF_BENCH_STORE_LEASES=0 sends every
+# linearizable read's ReadIndex to the leader instead.
+STORE_LEASES = os.environ.get("RAYCONF_BENCH_STORE_LEASES", "1") != "0"
 RAY_CPUS = 2
 KEYS_MAX = 300
 VALUE_BYTES_MAX = 1024 * 1024
@@ -348,7 +351,8 @@ def run() -> dict[str, Any]:
     items, load = prepare_items(corpus)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rayconf-bench-") as data_directory:
-        spec = cluster.default_spec(data_directory, namespace=NAMESPACE, tick_ms=TICK_MS, lease_reads=LEASE_READS)
+        spec = cluster.default_spec(data_directory, namespace=NAMESPACE, tick_ms=TICK_MS, lease_reads=LEASE_READS,
+                                    store_leases=STORE_LEASES)
         started = time.perf_counter()
         leader = final_leader = node_address = ""
         load_average_at_start = os.getloadavg()[0]
@@ -380,6 +384,7 @@ def run() -> dict[str, Any]:
     results["settings"] = {
         "tick_ms": TICK_MS,
         "lease_reads": LEASE_READS,
+        "store_leases": STORE_LEASES,
         "replicas": len(spec.members()),
         "shard_stores": len(spec.stores()),
         "ray_cpus": RAY_CPUS,

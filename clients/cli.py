@@ -62,12 +62,18 @@ def add_cluster_parsers(subparsers: Any) -> None:
     serve.add_argument("--no-lease-reads", dest="lease_reads", action="store_false",
                        help="confirm every batch of linearizable reads with a heartbeat round to a quorum "
                             "instead of the leader's lease")
+    serve.add_argument("--no-store-leases", dest="store_leases", action="store_false",
+                       help="grant shard stores no read leases: their linearizable reads ask the leader for a "
+                            "ReadIndex, and writes no longer wait for the stores to confirm each commit")
     serve.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray instance offers (default: 2)")
     up = add("up", "start the cluster on the running Ray instance, or `rayconf serve` in the background")
     up.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
     up.add_argument("--no-lease-reads", dest="lease_reads", action="store_false",
                        help="confirm every batch of linearizable reads with a heartbeat round to a quorum "
                             "instead of the leader's lease")
+    up.add_argument("--no-store-leases", dest="store_leases", action="store_false",
+                    help="grant shard stores no read leases: their linearizable reads ask the leader for a "
+                         "ReadIndex, and writes no longer wait for the stores to confirm each commit")
     up.add_argument("--num-cpus", type=int, default=2, help="CPUs a new local Ray instance offers (default: 2)")
     add("down", "stop the replica and store actors, and a background server that up started; the data stays")
     add("status", "print the leader, term and per-member state of the cluster")

@@ -33,7 +33,7 @@ SERVE_PID_FILE = "serve.pid"
 
 def spec_of(arguments: argparse.Namespace) -> ClusterSpec:
     return cluster.default_spec(arguments.data_dir, arguments.namespace, getattr(arguments, "tick_ms", 50),
-                                getattr(arguments, "lease_reads", True))
+                                getattr(arguments, "lease_reads", True), getattr(arguments, "store_leases", True))
 
 
 def join_ray(address: str, namespace: str) -> None:
@@ -172,6 +172,7 @@ def start_background_server(arguments: argparse.Namespace, spec: ClusterSpec) ->
     command = [sys.executable, "-m", "rayconf", "serve", "--data-dir", str(data), "--namespace",
                spec.namespace, "--tick-ms", str(arguments.tick_ms), "--num-cpus", str(arguments.num_cpus),
                *([] if arguments.lease_reads else ["--no-lease-reads"]),
+               *([] if arguments.store_leases else ["--no-store-leases"]),
                "--timeout", str(arguments.timeout)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -14,12 +14,15 @@ batch does not stop the others, and every replica rejects it the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Union
 
-from rayconf.errors import Compacted, FutureRevision, InvalidRequest, RayconfError
+from rayconf.errors import Compacted, FutureRevision, InvalidRequest, RayconfError, Unavailable
 from rayconf.store import reads
 from rayconf.store.auth import AuthState, apply_auth_change, authorize_command
 from rayconf.store.compaction import compact as compact_versions
@@ -66,6 +69,9 @@ ApplyResult = Union[TxnResponse, CompactResponse, AuthChangeResponse, RayconfErr
 
 # A new store is at revision 1 and its first change gets revision 2, as in etcd.
 INITIAL_REVISION = 1
+# Log indexes at which the revision changed, kept to map a read point (a log
+# index) to a revision. When full, the older half is dropped.
+REVISION_MARKS_MAX = 65_536
 
 
 class MVCC:
@@ -85,6 +91,10 @@ class MVCC:
         self.request_ids: OrderedDict[str, tuple[int, bool]] = OrderedDict()
         # Users, roles and permissions; changed only by AuthChange commands.
         self.auth = AuthState()
+        # Parallel arrays: the revision after the batch at each log index that
+        # changed it, plus the first index this state applied; see `revision_at_index`.
+        self._mark_indexes = array("q")
+        self._mark_revisions = array("q")
 
     # --- Writes. ---
 
@@ -99,9 +109,35 @@ class MVCC:
                 f"log index {index} is not above the applied index {self.applied_index}; "
                 "each batch must be applied once, in log order"
             )
+        if not self._mark_indexes:
+            self._mark(self.applied_index, self.revision)
+        revision_before = self.revision
         results = [self._apply_one(command) for command in commands]
         self.applied_index = index
+        if self.revision != revision_before:
+            self._mark(index, self.revision)
         return results
+
+    def _mark(self, index: int, revision: int) -> None:
+        if len(self._mark_indexes) >= REVISION_MARKS_MAX:
+            del self._mark_indexes[:REVISION_MARKS_MAX // 2]
+            del self._mark_revisions[:REVISION_MARKS_MAX // 2]
+        self._mark_indexes.append(index)
+        self._mark_revisions.append(revision)
+
+    def revision_at_index(self, index: int) -> int | None:
+        """Return the revision of this state as it was right after log `index` was applied.
+
+        Returns None when `index` is older than the marks kept, or older than
+        the first index this state applied itself (it came from a snapshot).
+        A linearizable read served at a ReadIndex reads at this revision.
+        """
+        if index >= self.applied_index:
+            return self.revision
+        position = bisect_right(self._mark_indexes, index)
+        if position == 0:
+            return None
+        return self._mark_revisions[position - 1]
 
     def execute(self, command: Command) -> TxnResponse | CompactResponse | AuthChangeResponse:
         """Apply one command at the next log index and raise its error, if any."""
@@ -281,6 +317,23 @@ class MVCC:
         revision = request.revision or self.revision
         self._check_readable(revision)
         return reads.range_at(self, request, revision, live=revision == self.revision)
+
+    def range_at_index(self, request: RangeRequest, index: int) -> RangeResponse:
+        """Serve `request` as of log `index`, a linearizable read point, unless it names a revision.
+
+        The state may have applied entries past `index` that are not yet
+        exposed to every reader (see actors/store_leases.py), so it reads at
+        the revision that `index` left. Raises `Unavailable` when that
+        revision is no longer kept; a retry gets a newer read point.
+        """
+        if request.revision == 0:
+            revision = self.revision_at_index(index)
+            if revision is None or revision < self.compact_revision:
+                raise Unavailable(f"read point {index} is older than this state keeps (applied index "
+                                  f"{self.applied_index}); retry the read")
+            if revision != self.revision:
+                request = dataclasses.replace(request, revision=revision)
+        return self.range(request)
 
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
         if revision == 0:

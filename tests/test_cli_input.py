@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rayconf.__main__ import main
-from rayconf.clients.commands import printable
+from rayconf.__main__ import build_parser, main
+from rayconf.clients.commands import printable, spec_of
 from rayconf.errors import InvalidRequest
 from rayconf.store.mvcc import MVCC
 from rayconf.store.validation import check_note
@@ -49,3 +49,13 @@ def test_history_text_escapes_unprintable_characters() -> None:
 def test_negative_history_limit_names_what_zero_means() -> None:
     with pytest.raises(InvalidRequest, match="give 0 for no limit"):
         MVCC().history(b"/a", limit=-1)
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_no_store_leases_flag_reaches_settings(command: str) -> None:
+    default = spec_of(build_parser().parse_args([command]))
+    assert default.settings.store_leases
+    assert default.settings.lease_reads
+    turned_off = spec_of(build_parser().parse_args([command, "--no-store-leases"]))
+    assert not turned_off.settings.store_leases
+    assert turned_off.settings.lease_reads

@@ -4,10 +4,14 @@ Stores ask the leader for a ReadIndex directly, share one call between the
 reads waiting at the same time, and honour the partitions of the fault
 filter. The leader replies from its lease by default, and a pause of its
 process must not stretch that lease.
+
+Store read leases are off here, so every linearizable read takes the
+ReadIndex path; tests/test_store_leases.py covers the leases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -30,6 +34,7 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSpec]:
     data = tmp_path_factory.mktemp("rayconf-data")
     built = cluster.default_spec(str(data), namespace="rayconf-test-reads", tick_ms=TICK_MS)
     assert built.settings.lease_reads, "lease reads are the default"
+    built = dataclasses.replace(built, settings=dataclasses.replace(built.settings, store_leases=False))
     with cluster.local_cluster(built):
         yield built
 
@@ -156,7 +161,6 @@ def test_resumed_leader_serves_no_stale_read(spec: ClusterSpec, client: Client) 
         assert response.revision >= written.revision
     current = client.get("/reads/paused")
     assert current is not None and current.value == b"new"
-
 
 
 def test_store_recovers_from_paused_leader(spec: ClusterSpec) -> None:

@@ -11,12 +11,13 @@ from rayconf.errors import (
     InvalidRequest,
     RayconfError,
     TooManyOperations,
+    Unavailable,
     ValueTooLarge,
 )
 from rayconf.store.codec import decode_command, encode_command
 from rayconf.store.keys import prefix_end
 from rayconf.store.limits import MIB, Limits
-from rayconf.store.mvcc import MVCC
+from rayconf.store.mvcc import MVCC, REVISION_MARKS_MAX
 from rayconf.store.records import (
     Command,
     Compact,
@@ -382,3 +383,46 @@ def test_txn_read_reports_revision_of_own_writes() -> None:
     read = response.responses[1]
     assert isinstance(read, RangeResponse)
     assert read.revision == response.revision == read.kvs[0].mod_revision
+
+
+# --- Read points: the revision a log index left (linearizable reads serve at one). ---
+
+
+def test_revision_at_index_follows_applied_batches() -> None:
+    state = MVCC()
+    state.put(b"/a", b"1")  # index 1, revision 2
+    state.apply(2, [])  # an entry without a command, such as a leader's empty entry
+    state.put(b"/a", b"2")  # index 3, revision 3
+    assert [state.revision_at_index(index) for index in range(5)] == [1, 2, 2, 3, 3]
+
+
+def test_range_at_index_reads_past_revision() -> None:
+    state = MVCC()
+    state.put(b"/a", b"old")  # index 1
+    state.put(b"/a", b"new")  # index 2
+    old = state.range_at_index(RangeRequest(b"/a"), 1)
+    assert old.kvs[0].value == b"old"
+    assert old.revision == 2
+    assert state.range_at_index(RangeRequest(b"/a"), 2).kvs[0].value == b"new"
+    # A request that names a revision keeps it.
+    assert state.range_at_index(RangeRequest(b"/a", revision=3), 1).kvs[0].value == b"new"
+
+
+def test_range_at_index_beyond_marks_unavailable() -> None:
+    state = MVCC()
+    for index in range(1, REVISION_MARKS_MAX + 10):
+        state.put(b"/a", str(index).encode())
+    assert state.revision_at_index(1) is None
+    with pytest.raises(Unavailable, match="retry the read"):
+        state.range_at_index(RangeRequest(b"/a"), 1)
+    assert state.range_at_index(RangeRequest(b"/a"), state.applied_index - 1).kvs[0].value == \
+        str(state.applied_index - 1).encode()
+
+
+def test_range_at_index_below_compaction_is_unavailable() -> None:
+    state = MVCC()
+    state.put(b"/a", b"1")
+    state.put(b"/a", b"2")
+    state.compact(state.revision)
+    with pytest.raises(Unavailable):
+        state.range_at_index(RangeRequest(b"/a"), 1)

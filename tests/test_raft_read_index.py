@@ -146,9 +146,12 @@ def test_lease_ends_drift_margin_before_election_timeout() -> None:
     leader_node.read_index(b"inside lease")
     network.stabilize()
     assert reads(network, leader) == {b"inside lease": network.committed(leader)}
+    # Store read leases are bounded by this count, so it ends with the lease.
+    assert leader_node.lease_remaining_ticks() == 1
 
     network.tick(1)
     assert network.state(leader) is StateType.LEADER
+    assert leader_node.lease_remaining_ticks() == 0
     leader_node.read_index(b"after lease")
     network.stabilize()
     assert b"after lease" not in reads(network, leader)
@@ -198,3 +201,72 @@ def test_restarted_follower_does_not_vote_during_lease() -> None:
     network.stabilize()
     committed_anywhere = max(network.committed(node_id) for node_id in network.nodes)
     assert reads(network, "a") == {b"in lease": committed_anywhere}
+
+
+def test_lease_read_index_inside_lease_only() -> None:
+    network = Network(["a", "b", "c"], seed=1, config_factory=lease_config)
+    network.tick(4 * ELECTION_TIMEOUT_TICKS)
+    leader = network.leaders()[0]
+    follower = next(node for node in network.nodes if node != leader)
+    leader_node = network.nodes[leader].node
+
+    assert leader_node.lease_read_index() == network.committed(leader)
+    assert network.nodes[follower].node.lease_read_index() is None
+
+    # The same tick at which a ReadIndex request stops being served from the lease.
+    network.isolate(leader)
+    network.tick(7)
+    assert leader_node.lease_read_index() == network.committed(leader)
+    network.tick(1)
+    assert network.state(leader) is StateType.LEADER
+    assert leader_node.lease_read_index() is None
+
+
+def test_lease_read_index_needs_term_commit() -> None:
+    network = Network(["a", "b", "c"], seed=1, config_factory=lease_config)
+    network.tick(4 * ELECTION_TIMEOUT_TICKS)
+    old = network.leaders()[0]
+    network.isolate(old)
+    # The next leader's entry of its own term cannot commit.
+    network.message_filter = lambda m: m.type is not MessageType.APP_RESP
+    for _ in range(6 * ELECTION_TIMEOUT_TICKS):
+        network.tick(1)
+        if [node for node in network.leaders() if node != old]:
+            break
+    new = next(node for node in network.leaders() if node != old)
+    network.tick(3)
+    raft = network.nodes[new].node.raft
+    # Followers reply to heartbeats, so the lease holds, but no entry of the new term is committed.
+    assert raft.read_only.lease_valid(raft.tick_count, ELECTION_TIMEOUT_TICKS, 2)
+    assert raft.log.term(raft.log.committed) != raft.term
+    assert network.nodes[new].node.lease_read_index() is None
+
+    network.message_filter = None
+    network.tick(2)
+    assert raft.log.term(raft.log.committed) == raft.term
+    assert network.nodes[new].node.lease_read_index() == network.committed(new)
+
+
+def test_lease_read_index_is_none_without_lease_reads() -> None:
+    network = Network(["a", "b", "c"], seed=1)
+    network.elect("a")
+    network.stabilize()
+    assert network.nodes["a"].node.lease_read_index() is None
+
+
+def test_read_index_cap_bounds_local_and_forwarded_reads() -> None:
+    network = Network(["a", "b", "c"], seed=1)
+    network.elect("a")
+    for number in range(3):
+        assert network.propose("a", f"x{number}".encode())
+    network.stabilize()
+    commit = network.committed("a")
+    cap = commit - 2
+    network.nodes["a"].node.set_read_index_cap(lambda: cap)
+
+    network.nodes["a"].node.read_index(b"local")
+    network.nodes["b"].node.read_index(b"forwarded")
+    network.stabilize()
+
+    assert reads(network, "a") == {b"local": cap}
+    assert reads(network, "b") == {b"forwarded": cap}

@@ -14,6 +14,7 @@ are sent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from rayconf.actors.raft import election, follower, read_index, replication
@@ -80,6 +81,10 @@ class Raft:
         self.read_only = ReadOnly(config.read_only_option, config.max_pending_read_requests)
         # Reads that arrived before this leader committed an entry of its term.
         self.pending_read_index_messages: list[Message] = []
+        # Upper bound for every ReadIndex answer, local or forwarded, or None
+        # for none. The replica actor sets it to the index that its shard
+        # stores' read leases allow (see actors/store_leases.py).
+        self.read_index_cap: Callable[[], int] | None = None
 
         hard_state, conf_state = storage.initial_state()
         changer = Changer(self.tracker, self.log.last_index())

@@ -18,6 +18,7 @@ See `Ready` for the exact order and why it matters.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rayconf.actors.raft import read_index
@@ -158,6 +159,22 @@ class RawNode:
         callers retry on timeout.
         """
         self.raft.step(Message(MessageType.READ_INDEX, context=context))
+
+    def lease_read_index(self) -> int | None:
+        """Return the read point for a local read that the leader lease covers now, or None.
+
+        With None, use `read_index`. The caller must have ticked the node up
+        to the current time, because the lease is measured in ticks.
+        """
+        return read_index.lease_read_index(self.raft)
+
+    def set_read_index_cap(self, cap: Callable[[], int] | None) -> None:
+        """Make every ReadIndex answer, local or forwarded by a follower, at most `cap()`; None removes it."""
+        self.raft.read_index_cap = cap
+
+    def lease_remaining_ticks(self) -> int:
+        """Return the ticks left of the leader lease, 0 when `lease_read_index` would return None."""
+        return read_index.lease_remaining_ticks(self.raft)
 
     def transfer_leader(self, transferee: NodeId) -> None:
         """Ask the leader to hand leadership to `transferee` once its log is caught up.

@@ -61,17 +61,52 @@ def handle_read_index(raft: Raft, message: Message) -> None:
     _serve_read_index(raft, message, local)
 
 
-def _serve_read_index(raft: Raft, message: Message, local: bool) -> None:
+def lease_read_index(raft: Raft) -> int | None:
+    """Return the commit index for a read on this leader that its lease covers now, else None.
+
+    It is the index that a local ReadIndex request would get through
+    `Ready`, without the round trip. None means that the read must take the
+    usual path: not the leader, no entry of its term committed yet, lease
+    reads off, or the lease not valid.
+    """
+    if raft.state is not StateType.LEADER or raft.tracker.is_singleton():
+        return None
+    if not _committed_entry_in_current_term(raft) or not _lease_covers_reads(raft):
+        return None
+    return raft.log.committed
+
+
+def lease_remaining_ticks(raft: Raft) -> int:
+    """Return the whole ticks left of the lease that `lease_read_index` relies on; 0 when it returns None.
+
+    A shard store's read lease must end before the leader lease does, because
+    no other leader can commit before then. NOTE: a leader transfer ignores
+    the leader lease, so the leader must wait until every store lease it
+    granted has ended before it sends MsgTimeoutNow. No caller of the replica
+    actor can start a transfer yet.
+    """
+    if lease_read_index(raft) is None:
+        return 0
+    config = raft.config
+    end_tick = raft.read_only.lease_start_tick + config.election_timeout_ticks - config.lease_drift_margin_ticks
+    return max(0, end_tick - raft.tick_count)
+
+
+def _lease_covers_reads(raft: Raft) -> bool:
     config = raft.config
     # During a transfer the transferee may win at any moment, so reads wait for a
     # heartbeat round instead of trusting the lease.
-    if (
+    return (
         config.read_only_option == LEASE_BASED
         and raft.lead_transferee == NO_NODE
         and raft.read_only.lease_valid(
             raft.tick_count, config.election_timeout_ticks, config.lease_drift_margin_ticks
         )
-    ):
+    )
+
+
+def _serve_read_index(raft: Raft, message: Message, local: bool) -> None:
+    if _lease_covers_reads(raft):
         _respond_to_read(raft, message.from_, message.context, raft.log.committed)
         return
     if raft.read_only.is_full():
@@ -102,6 +137,8 @@ def release_pending_read_index_messages(raft: Raft) -> None:
 
 
 def _respond_to_read(raft: Raft, requester: NodeId, context: bytes, index: int) -> None:
+    if raft.read_index_cap is not None:
+        index = min(index, raft.read_index_cap())
     if requester in (NO_NODE, raft.id):
         raft.read_states.append(ReadState(index=index, request_context=context))
     else:

@@ -1,0 +1,139 @@
+"""Read leases that a leader grants to shard stores, so that they serve linearizable reads alone.
+
+Without a lease, a store's linearizable read requests a ReadIndex from the
+leader: one more round trip, across data centers when the leader is
+elsewhere. With a lease, the store serves the read from its own state.
+Writes pay for it: while a store holds a lease, the leader sends it every
+new log index and waits for its reply before a write's result leaves the
+leader. The idea comes from "Paxos Quorum Leases" (Moraru, Andersen and
+Kaminsky, SoCC 2014). Here every store holds a lease on every key, so every
+write waits for every holder: the simple variant that the paper improves on
+by leasing each key to a quorum only.
+
+The rules, where C is the leader's commit index:
+
+- The leader sends each holder its last log index as soon as it appends an
+  entry, so the reply usually arrives while the entry replicates. It keeps,
+  per holder, the highest index the store has confirmed (`acked`). The
+  *exposed index* is E = min(C, acked of every holder whose lease has not
+  ended). A write's result is returned only once E reaches its index, and a
+  ReadIndex returns min(C, E). So everything that a completed operation has
+  seen is at or below every holder's `acked`.
+- A store that holds a lease serves a linearizable read that begins at
+  time t at a point X with acked(t) <= X <= E, when the last E the leader
+  sent it is at least its own acked. That is so unless a write is in flight,
+  and then the read takes the ReadIndex path. The store reads at the
+  revision of log index X. Every read elsewhere is also served at or below
+  E, so what it returns never goes missing from a later read.
+- The leader sends a new E as soon as it grows, so holders serve reads from
+  their lease again right after a write.
+- A lease never outlives the leader lease (the Raft core's lease_read_index):
+  no other leader can commit before it ends, so a new leader, which has no
+  record of the old holders, cannot expose an entry that an old holder lacks. An index sent
+  to a holder may never commit, when the leader loses its term. The holder
+  then reads through ReadIndex until a new leader grants it a lease.
+- The leader counts a lease from when it grants it, the store from when it
+  sent the request, so the store's lease ends first. Both leave room for
+  clock drift.
+
+A holder that stops responding delays writes until its lease ends, at
+most one leader lease (the election timeout less the drift margin).
+
+This module contains the leader's table and is free of Ray, so it is tested
+alone. The replica actor sends the calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Fraction of a lease taken off for clock-rate differences between leader and store.
+LEASE_DRIFT_FRACTION = 0.1
+
+
+@dataclass(slots=True)
+class Holder:
+    """One store's lease, as the leader records it."""
+
+    following: str
+    # When the lease ends on the leader's monotonic clock.
+    expires: float
+    # Highest log index the store has confirmed receiving.
+    acked: int
+    # Highest exposed index the store has confirmed receiving.
+    acked_exposed: int = 0
+    # Highest log index and exposed index sent to the store, confirmed or not.
+    sent_index: int = 0
+    sent_exposed: int = 0
+
+
+class StoreLeases:
+    """The leader's table of store read leases."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, Holder] = {}
+        self.granted = 0
+
+    def grant(self, store: str, following: str, now: float, duration_s: float, index: int) -> Holder:
+        """Record a lease for `store` until `now + duration_s`; return its record.
+
+        A new holder starts at `index`, which the grant sends the store. A
+        renewal keeps `acked` as it is: only the store's replies to updates
+        raise it, because the store may still be serving reads under its
+        current lease with the indexes it had before this grant arrives.
+        """
+        holder = self.holders.get(store)
+        if holder is None or holder.expires <= now:
+            holder = Holder(following, now + duration_s, index, sent_index=index)
+            self.holders[store] = holder
+        else:
+            holder.following = following
+            holder.expires = max(holder.expires, now + duration_s)
+        self.granted += 1
+        return holder
+
+    def exposed(self, commit: int, now: float) -> int:
+        """Return the exposed index: `commit`, or less while an active holder has not confirmed it."""
+        self.drop_expired(now)
+        return min([commit] + [holder.acked for holder in self.holders.values()])
+
+    def drop_expired(self, now: float) -> None:
+        for store in [store for store, holder in self.holders.items() if holder.expires <= now]:
+            del self.holders[store]
+
+    def acknowledge(self, store: str, index: int, exposed: int) -> None:
+        """Record that `store` accepted an update carrying `index` and `exposed`."""
+        holder = self.holders.get(store)
+        if holder is not None:
+            holder.acked = max(holder.acked, index)
+            holder.acked_exposed = max(holder.acked_exposed, exposed)
+
+    def take_unsent(self, index: int, exposed: int) -> list[str]:
+        """Return the holders not yet sent `index` or `exposed`, and mark both as sent to them."""
+        stores = [store for store, holder in self.holders.items()
+                  if holder.sent_index < index or holder.sent_exposed < exposed]
+        for store in stores:
+            holder = self.holders[store]
+            holder.sent_index = max(holder.sent_index, index)
+            holder.sent_exposed = max(holder.sent_exposed, exposed)
+        return stores
+
+    def resend(self, store: str) -> None:
+        """Forget what was sent to `store` beyond what it confirmed, so the next push sends it again."""
+        holder = self.holders.get(store)
+        if holder is not None:
+            holder.sent_index = holder.acked
+            holder.sent_exposed = holder.acked_exposed
+
+    def describe(self, now: float) -> dict[str, dict[str, int]]:
+        return {store: {"acked": holder.acked, "expires_in_ms": int((holder.expires - now) * 1000)}
+                for store, holder in self.holders.items() if holder.expires > now}
+
+
+def lease_duration_s(remaining_ticks: int, tick_s: float) -> float:
+    """Return the lease to grant when the leader lease has `remaining_ticks` whole ticks left.
+
+    The leader's tick count may trail real time by up to one tick, so one
+    tick is taken off, and then the drift fraction.
+    """
+    return max(0.0, (remaining_ticks - 1) * tick_s * (1 - LEASE_DRIFT_FRACTION))
