@@ -234,10 +234,19 @@ def command_status(arguments: argparse.Namespace) -> int:
               f"{info.get('commit_index', '-'):>8} {info.get('applied_index', '-'):>8} {info.get('revision', '-'):>9}")
     for store, info in sorted(state.get("stores", {}).items()):
         print(f"{store:<12} {info.get('health', '?'):<12} {'store':<14} {'':>5} {'':>8} "
-              f"{info.get('applied_index', '-'):>8} {info.get('revision', '-'):>9}   age {info.get('age_ms', '-')} ms")
+              f"{info.get('applied_index', '-'):>8} {info.get('revision', '-'):>9}   age {info.get('age_ms', '-')} ms"
+              f"{describe_lease(info)}")
     for hub, info in sorted(state.get("hubs", {}).items()):
         print(f"{hub:<12} {info.get('health', '?'):<12} {'watch hub':<14}")
     return 0 if state["leader"] else 1
+
+
+def describe_lease(store_status: dict[str, Any]) -> str:
+    """Return the status text of a store's read lease, or "" when it holds none."""
+    remaining_ms = store_status.get("lease_remaining_ms", 0)
+    if not remaining_ms:
+        return ""
+    return f", read lease from {store_status.get('lease_leader')} for {remaining_ms} ms"
 
 
 # --- Writes. ---

@@ -163,6 +163,11 @@ def test_status_lists_members(server: Server) -> None:
     assert status["leader"]
     assert set(status["members"]) == {"dc-a-1", "dc-b-1", "dc-c-1"}
     assert status["auth"] == "disabled"
+    text = server.run("status").stdout
+    assert "leader: " + status["leader"] in text
+    # Stores renew their read leases every tenth of a second or so, so one
+    # of them holds a lease at any moment the leader is known.
+    assert f"read lease from {status['leader']}" in text
 
 
 def test_watch_prints_changes(server: Server) -> None:
