@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 from rayconf.errors import InvalidRequest
+from rayconf.store.validation import is_int
 
 # Manifests remembered as checked, each about 40 bytes per chunk.
 CHECKED_MANIFESTS_MAX = 4096
@@ -31,8 +32,9 @@ class ChunkCache:
     """
 
     def __init__(self, capacity_bytes: int) -> None:
-        if capacity_bytes < 0:
-            raise InvalidRequest(f"chunk_cache_bytes {capacity_bytes} is negative; give 0 to turn the cache off")
+        if not is_int(capacity_bytes) or capacity_bytes < 0:
+            raise InvalidRequest(f"chunk_cache_bytes must be a whole number of bytes, 0 or more, got "
+                                 f"{capacity_bytes!r}; give 0 to turn the cache off")
         self.capacity_bytes = capacity_bytes
         self.size_bytes = 0
         self.hits = 0

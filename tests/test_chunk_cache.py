@@ -62,6 +62,7 @@ def test_checked_manifests_are_bounded() -> None:
     assert cache.is_checked(CHECKED_MANIFESTS_MAX)
 
 
-def test_negative_capacity_rejected() -> None:
+@pytest.mark.parametrize("capacity", [-1, "64MiB", 1.5, None, True])
+def test_invalid_capacity_rejected(capacity: object) -> None:
     with pytest.raises(InvalidRequest, match="give 0 to turn the cache off"):
-        ChunkCache(capacity_bytes=-1)
+        ChunkCache(capacity_bytes=capacity)  # type: ignore[arg-type]
