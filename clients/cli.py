@@ -61,7 +61,7 @@ def add_cluster_parsers(subparsers: Any) -> None:
     serve.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
     serve.add_argument("--no-lease-reads", dest="lease_reads", action="store_false",
                        help="confirm every batch of linearizable reads with a heartbeat round to a quorum "
-                            "instead of the leader's lease")
+                            "instead of the leader's lease; this also turns store read leases off")
     serve.add_argument("--no-store-leases", dest="store_leases", action="store_false",
                        help="grant shard stores no read leases: their linearizable reads ask the leader for a "
                             "ReadIndex, and writes no longer wait for the stores to confirm each commit")
@@ -70,13 +70,13 @@ def add_cluster_parsers(subparsers: Any) -> None:
     up.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
     up.add_argument("--no-lease-reads", dest="lease_reads", action="store_false",
                        help="confirm every batch of linearizable reads with a heartbeat round to a quorum "
-                            "instead of the leader's lease")
+                            "instead of the leader's lease; this also turns store read leases off")
     up.add_argument("--no-store-leases", dest="store_leases", action="store_false",
                     help="grant shard stores no read leases: their linearizable reads ask the leader for a "
                          "ReadIndex, and writes no longer wait for the stores to confirm each commit")
     up.add_argument("--num-cpus", type=int, default=2, help="CPUs a new local Ray instance offers (default: 2)")
     add("down", "stop the replica and store actors, and a background server that up started; the data stays")
-    add("status", "print the leader, term and per-member state of the cluster")
+    add("status", "print the leader, term and per-member state of the cluster, with each store's read lease")
 
     put = add("put", "write a value")
     put.add_argument("key", help="key path, such as /app/db/timeout")

@@ -375,9 +375,15 @@ class Client:
                 if handle is None:
                     raise Unavailable(f"shard store {store} is not running")
                 attempt_s = min(self.timeout_s, READ_ATTEMPT_TIMEOUT_S)
-                reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, attempt_s,
-                                                   self.current_token()),
-                                timeout=attempt_s + 1)
+                try:
+                    reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, attempt_s,
+                                                       self.current_token()),
+                                    timeout=attempt_s + 1)
+                except ray.exceptions.GetTimeoutError:
+                    # A paused or overloaded store fails no call; it only stops replying.
+                    raise Unavailable(f"shard store {store} in {self.data_center} did not reply within "
+                                      f"{attempt_s + 1:g} s; retry, or read through another data center "
+                                      "(Client(..., data_center=...))") from None
                 response: RangeResponse = reply["response"]
                 self.last_read = {"store": reply["store"], "age_ms": reply["age_ms"], "revision": response.revision}
                 return response

@@ -22,6 +22,7 @@ import ray
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
 from rayconf.clients.client import Client
+from rayconf.errors import Unavailable
 from rayconf.sims import chaos_workload
 from rayconf.sims.chaos_workload import WorkloadClient, WorkloadResults
 from rayconf.sims.history import HistoryRecorder
@@ -106,6 +107,9 @@ def test_stopped_holder_serves_no_stale_read(spec: ClusterSpec) -> None:
         other = Client(spec, data_center=spec.data_center_of(leader), timeout_s=20.0, session=False)
         kv = other.get("/leases/stopped")
         assert kv is not None and kv.value == b"new"
+        # The stopped store fails no call; a reader there gets an error that names it.
+        with pytest.raises(Unavailable, match=f"shard store {victim} in {victim_dc} did not reply"):
+            Client(spec, data_center=victim_dc, timeout_s=1.0, session=False).get("/leases/stopped")
         # A read sent to the stopped store waits in its queue until the store resumes.
         queued = cluster.find_store(spec, victim).read.remote(RangeRequest(b"/leases/stopped"))
         time.sleep(0.3)
