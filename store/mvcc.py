@@ -92,7 +92,8 @@ class MVCC:
         # Users, roles and permissions; changed only by AuthChange commands.
         self.auth = AuthState()
         # Parallel arrays: the revision after the batch at each log index that
-        # changed it, plus the first index this state applied; see `revision_at_index`.
+        # changed it, and first the index and revision this state started
+        # from (0, or a snapshot's); see `revision_at_index`.
         self._mark_indexes = array("q")
         self._mark_revisions = array("q")
 
@@ -129,7 +130,7 @@ class MVCC:
         """Return the revision of this state as it was right after log `index` was applied.
 
         Returns None when `index` is older than the marks kept, or older than
-        the first index this state applied itself (it came from a snapshot).
+        the index this state started from (a snapshot's).
         A linearizable read served at a ReadIndex reads at this revision.
         """
         if index >= self.applied_index:
