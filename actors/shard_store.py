@@ -52,6 +52,7 @@ from typing import Any
 import ray
 
 from rayconf.actors.auth_guard import authorize_read
+from rayconf.actors.store_leases import lease_read_target
 from rayconf.actors.stream_follower import (
     apply_streamed_entry,
     follow_replicas,
@@ -232,10 +233,8 @@ class ShardStoreActor:
         index, once it has applied it. Otherwise a write is in flight, and
         the read takes the ReadIndex path rather than wait for the write.
         """
-        if time.monotonic() >= self._lease_expires:
-            return None
-        target = self._lease_acked
-        if self._lease_exposed < target:
+        target = lease_read_target(time.monotonic(), self._lease_expires, self._lease_acked, self._lease_exposed)
+        if target is None:
             return None
         leader, term = self._lease_leader, self._lease_term
 

@@ -130,6 +130,19 @@ class StoreLeases:
                 for store, holder in self.holders.items() if holder.expires > now}
 
 
+def lease_read_target(now: float, expires: float, acked: int, exposed: int) -> int | None:
+    """Return the lowest log index a store may serve a lease read at, or None when it must use ReadIndex.
+
+    The store must hold a lease at the read's start (`now` before
+    `expires`, on the store's clock), and the exposed index it was sent
+    must have reached every index it received (`acked`): otherwise a write
+    is in flight, and a read at the exposed index could miss it.
+    """
+    if now >= expires or exposed < acked:
+        return None
+    return acked
+
+
 def lease_duration_s(remaining_ticks: int, tick_s: float) -> float:
     """Return the lease to grant when the leader lease has `remaining_ticks` whole ticks left.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayconf.actors.store_leases import LEASE_DRIFT_FRACTION, StoreLeases, lease_duration_s
+from rayconf.actors.store_leases import LEASE_DRIFT_FRACTION, StoreLeases, lease_duration_s, lease_read_target
 
 
 def test_exposed_index_is_commit_without_holders() -> None:
@@ -80,3 +80,11 @@ def test_lease_duration_leaves_tick_and_drift() -> None:
     assert lease_duration_s(remaining_ticks=5, tick_s=0.05) == pytest.approx(4 * 0.05 * (1 - LEASE_DRIFT_FRACTION))
     assert lease_duration_s(remaining_ticks=1, tick_s=0.05) == 0.0
     assert lease_duration_s(remaining_ticks=0, tick_s=0.05) == 0.0
+
+
+def test_lease_read_target_needs_valid_lease_and_no_write_in_flight() -> None:
+    assert lease_read_target(now=1.0, expires=2.0, acked=10, exposed=10) == 10
+    # A write is in flight: index 11 was sent, but not yet exposed.
+    assert lease_read_target(now=1.0, expires=2.0, acked=11, exposed=10) is None
+    # The lease has ended on the store's clock.
+    assert lease_read_target(now=2.0, expires=2.0, acked=10, exposed=10) is None
