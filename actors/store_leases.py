@@ -27,9 +27,10 @@ The rules, where C is the leader's commit index:
   E, so what it returns never goes missing from a later read.
 - The leader sends a new E as soon as it grows, so holders serve reads from
   their lease again right after a write.
-- A lease never outlives the leader lease (the Raft core's lease_read_index):
-  no other leader can commit before it ends, so a new leader, which has no
-  record of the old holders, cannot expose an entry that an old holder lacks. An index sent
+- A lease never outlives the leader lease (the Raft core's lease_read_index),
+  and no other leader can commit before that ends. So a new leader, which
+  has no record of the old holders, cannot expose an entry that an old
+  holder lacks. An index sent
   to a holder may never commit, when the leader loses its term. The holder
   then reads through ReadIndex until a new leader grants it a lease.
 - The leader counts a lease from when it grants it, the store from when it
@@ -134,8 +135,8 @@ def lease_read_target(now: float, expires: float, acked: int, exposed: int) -> i
     """Return the lowest log index a store may serve a lease read at, or None when it must use ReadIndex.
 
     The store must hold a lease at the read's start (`now` before
-    `expires`, on the store's clock), and the exposed index it was sent
-    must have reached every index it received (`acked`): otherwise a write
+    `expires`, on the store's clock). And the exposed index it was sent
+    must have reached every index it received (`acked`). Otherwise a write
     is in flight, and a read at the exposed index could miss it.
     """
     if now >= expires or exposed < acked:

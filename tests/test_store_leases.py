@@ -82,7 +82,7 @@ def test_lease_duration_leaves_tick_and_drift() -> None:
     assert lease_duration_s(remaining_ticks=0, tick_s=0.05) == 0.0
 
 
-def test_lease_read_target_needs_valid_lease_and_no_write_in_flight() -> None:
+def test_lease_read_target_rules() -> None:
     assert lease_read_target(now=1.0, expires=2.0, acked=10, exposed=10) == 10
     # A write is in flight: index 11 was sent, but not yet exposed.
     assert lease_read_target(now=1.0, expires=2.0, acked=11, exposed=10) is None
