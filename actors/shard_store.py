@@ -20,7 +20,7 @@ Reads:
   every new log index and returns no write's result before the store
   confirmed it, so the store serves the read at once, at the exposed index
   the leader last sent.
-  Without a valid lease the store asks the leader for a ReadIndex, then
+  Without a valid lease the store requests a ReadIndex from the leader, then
   waits until it has applied that index. The leader replies from its own
   lease, or confirms with a heartbeat round to a quorum when lease reads are
   off. Either way the store reads at the revision of that log index.
@@ -421,16 +421,9 @@ class ShardStoreActor:
         return True
 
     async def _wait(self, ready: Any, deadline: float, what: str) -> None:
-        async with self._progress:
-            while not ready():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Unavailable(f"store {self.name} did not {what} in time (revision "
-                                      f"{self.state.revision}, age {self.age_ms()} ms); retry or read elsewhere")
-                try:
-                    await asyncio.wait_for(self._progress.wait(), timeout=remaining)
-                except asyncio.TimeoutError:
-                    pass
+        if not await self._wait_until(ready, deadline):
+            raise Unavailable(f"store {self.name} did not {what} in time (revision "
+                              f"{self.state.revision}, age {self.age_ms()} ms); retry or read elsewhere")
 
     def age_ms(self) -> int:
         if not self.last_contact:

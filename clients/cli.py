@@ -58,22 +58,16 @@ def add_cluster_parsers(subparsers: Any) -> None:
         return parser
 
     serve = add("serve", "start a local Ray instance and the cluster in the foreground until Ctrl-C")
-    serve.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
-    serve.add_argument("--no-lease-reads", dest="lease_reads", action="store_false",
-                       help="confirm every batch of linearizable reads with a heartbeat round to a quorum "
-                            "instead of the leader's lease; this also turns store read leases off")
-    serve.add_argument("--no-store-leases", dest="store_leases", action="store_false",
-                       help="grant shard stores no read leases: their linearizable reads ask the leader for a "
-                            "ReadIndex, and writes no longer wait for the stores to confirm each commit")
-    serve.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray instance offers (default: 2)")
     up = add("up", "start the cluster on the running Ray instance, or `rayconf serve` in the background")
-    up.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
-    up.add_argument("--no-lease-reads", dest="lease_reads", action="store_false",
-                       help="confirm every batch of linearizable reads with a heartbeat round to a quorum "
-                            "instead of the leader's lease; this also turns store read leases off")
-    up.add_argument("--no-store-leases", dest="store_leases", action="store_false",
-                    help="grant shard stores no read leases: their linearizable reads ask the leader for a "
-                         "ReadIndex, and writes no longer wait for the stores to confirm each commit")
+    for parser in (serve, up):
+        parser.add_argument("--tick-ms", type=int, default=50, help="Raft tick interval in milliseconds (default: 50)")
+        parser.add_argument("--no-lease-reads", dest="lease_reads", action="store_false",
+                            help="confirm every batch of linearizable reads with a heartbeat round to a quorum "
+                                 "instead of the leader's lease; this also turns store read leases off")
+        parser.add_argument("--no-store-leases", dest="store_leases", action="store_false",
+                            help="grant shard stores no read leases: their linearizable reads request a ReadIndex "
+                                 "from the leader, and writes no longer wait for the stores to confirm each commit")
+    serve.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray instance offers (default: 2)")
     up.add_argument("--num-cpus", type=int, default=2, help="CPUs a new local Ray instance offers (default: 2)")
     add("down", "stop the replica and store actors, and a background server that up started; the data stays")
     add("status", "print the leader, term and per-member state of the cluster, with each store's read lease")
