@@ -92,7 +92,7 @@ class ReplicaActor:
         self._proposals: dict[str, asyncio.Future[ApplyResult]] = {}
         # Results of applied proposals that wait until every store lease holder
         # confirmed their entries: (applied index when taken, future, result).
-        self._held: list[tuple[int, asyncio.Future[ApplyResult], ApplyResult]] = []
+        self._held_results: list[tuple[int, asyncio.Future[ApplyResult], ApplyResult]] = []
         self.store_leases = StoreLeases()
         self._store_handles: dict[str, Any] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
@@ -174,7 +174,7 @@ class ReplicaActor:
         for request_id in list(self._proposals):
             result = self.core.take_result(request_id)
             if result is not None:
-                self._held.append((applied, self._proposals.pop(request_id), result))
+                self._held_results.append((applied, self._proposals.pop(request_id), result))
 
     def _exposed_index(self) -> int:
         """Return the highest committed index that every store lease holder has confirmed (see store_leases.py)."""
@@ -182,17 +182,17 @@ class ReplicaActor:
 
     def _release_held(self) -> None:
         """Return the results of the proposals whose entries every store lease holder has confirmed."""
-        if not self._held:
+        if not self._held_results:
             return
         exposed = self._exposed_index()
         waiting = []
-        for index, future, result in self._held:
+        for index, future, result in self._held_results:
             if index <= exposed:
                 if not future.done():
                     future.set_result(result)
             else:
                 waiting.append((index, future, result))
-        self._held = waiting
+        self._held_results = waiting
 
     def _resolve_applied(self) -> None:
         applied = self.core.state.applied_index
@@ -432,7 +432,7 @@ class ReplicaActor:
             self.store_leases.resend(store)
             return
         if self.core.term() != term:
-            # A reply from an older term says nothing about a lease granted in this one.
+            # A reply from an older term confirms nothing about a lease granted in this one.
             return
         if not accepted:
             # The grant has not reached the store yet. The next push, at the
@@ -539,7 +539,7 @@ class ReplicaActor:
         status["leader_age_ms"] = self.leader_age_ms()
         status["pending_proposals"] = len(self._proposals)
         status["pending_reads"] = len(self._reads)
-        status["held_results"] = len(self._held)
+        status["held_results"] = len(self._held_results)
         status["exposed_index"] = self._exposed_index()
         status["store_leases"] = self.store_leases.describe(time.monotonic())
         status["store_leases_granted"] = self.store_leases.granted

@@ -91,9 +91,9 @@ class MVCC:
         self.request_ids: OrderedDict[str, tuple[int, bool]] = OrderedDict()
         # Users, roles and permissions; changed only by AuthChange commands.
         self.auth = AuthState()
-        # Parallel arrays: the revision after the batch at each log index that
-        # changed it, and first the index and revision this state started
-        # from (0, or a snapshot's); see `revision_at_index`.
+        # Parallel arrays of log indexes and revisions for `revision_at_index`.
+        # The first pair is where this state started (0, or a snapshot). Each
+        # later pair is a batch that changed the revision.
         self._mark_indexes = array("q")
         self._mark_revisions = array("q")
 

@@ -80,14 +80,14 @@ def test_put_get_ten_mib_byte_for_byte(spec: ClusterSpec, client: Client) -> Non
     stale = client.get("/docs/routing", consistency="serializable", min_revision=written.revision)
     assert stale is not None
     assert stale.value == value
-    # The writer's cache holds the chunks it uploaded; a client without a
+    # The writer's cache contains the chunks it uploaded. A client without a
     # cache fetches every chunk from a replica.
     fetched = Client(spec, timeout_s=30.0, chunk_cache_bytes=0).get("/docs/routing")
     assert fetched is not None
     assert fetched.value == value
 
 
-def test_second_read_of_large_value_comes_from_chunk_cache(spec: ClusterSpec, client: Client) -> None:
+def test_large_value_reread_from_cache(spec: ClusterSpec, client: Client) -> None:
     first = random_value(3 * MIB, seed=40)
     client.put("/docs/cached", first)
     reader = Client(spec, timeout_s=30.0)

@@ -97,6 +97,7 @@ def test_stopped_holder_serves_no_stale_read(spec: ClusterSpec) -> None:
     victim_dc = next(dc.name for dc in spec.data_centers if dc.name != spec.data_center_of(leader))
     victim = spec.stores_in(victim_dc)[0]
     pid = _pid(cluster.find_store(spec, victim))
+
     os.kill(pid, signal.SIGSTOP)
     try:
         # The stopped store cannot confirm the commit, so the leader returns
@@ -104,23 +105,29 @@ def test_stopped_holder_serves_no_stale_read(spec: ClusterSpec) -> None:
         written = writer.put("/leases/stopped", b"new")
         leader_status = ray.get(cluster.find_replica(spec, leader).status.remote())
         assert victim not in leader_status["store_leases"]
+
         other = Client(spec, data_center=spec.data_center_of(leader), timeout_s=20.0, session=False)
         kv = other.get("/leases/stopped")
-        assert kv is not None and kv.value == b"new"
+        assert kv is not None
+        assert kv.value == b"new"
+
         # The stopped store fails no call; a reader there gets an error that names it.
         with pytest.raises(Unavailable, match=f"shard store {victim} in {victim_dc} did not reply"):
             Client(spec, data_center=victim_dc, timeout_s=1.0, session=False).get("/leases/stopped")
+
         # A read sent to the stopped store waits in its queue until the store resumes.
         queued = cluster.find_store(spec, victim).read.remote(RangeRequest(b"/leases/stopped"))
         time.sleep(0.3)
     finally:
         os.kill(pid, signal.SIGCONT)
+
     reply = ray.get(queued, timeout=30)
     assert [kv.value for kv in reply["response"].kvs] == [b"new"]
     assert reply["response"].revision >= written.revision
     reader = Client(spec, data_center=victim_dc, timeout_s=20.0, session=False)
     kv = reader.get("/leases/stopped")
-    assert kv is not None and kv.value == b"new"
+    assert kv is not None
+    assert kv.value == b"new"
 
 
 def test_workload_is_linearizable(spec: ClusterSpec, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,8 +155,8 @@ def test_workload_is_linearizable(spec: ClusterSpec, monkeypatch: pytest.MonkeyP
 
 
 def test_follower_replica_read_sees_last_write(spec: ClusterSpec) -> None:
-    # A follower forwards the ReadIndex to the leader, whose answer is capped
-    # at the exposed index; the follower must not lower it to its own commit
+    # A follower forwards the ReadIndex to the leader, which caps the result
+    # at the exposed index. The follower must not lower it to its own commit
     # index, which may lag, nor read past it.
     writer = Client(spec, timeout_s=20.0)
     leader = _wait_for_leases(spec, spec.stores())

@@ -81,7 +81,7 @@ class Raft:
         self.read_only = ReadOnly(config.read_only_option, config.max_pending_read_requests)
         # Reads that arrived before this leader committed an entry of its term.
         self.pending_read_index_messages: list[Message] = []
-        # Upper bound for every ReadIndex answer, local or forwarded, or None
+        # Upper bound for every ReadIndex result, local or forwarded, or None
         # for none. The replica actor sets it to the index that its shard
         # stores' read leases allow (see actors/store_leases.py).
         self.read_index_cap: Callable[[], int] | None = None

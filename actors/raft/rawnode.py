@@ -169,7 +169,7 @@ class RawNode:
         return read_index.lease_read_index(self.raft)
 
     def set_read_index_cap(self, cap: Callable[[], int] | None) -> None:
-        """Make every ReadIndex answer, local or forwarded by a follower, at most `cap()`; None removes it."""
+        """Cap every ReadIndex result, local or forwarded by a follower, at `cap()`. None removes the cap."""
         self.raft.read_index_cap = cap
 
     def lease_remaining_ticks(self) -> int:
