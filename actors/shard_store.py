@@ -52,6 +52,7 @@ from typing import Any
 import ray
 
 from rayconf.actors.auth_guard import authorize_read
+from rayconf.actors.read_channel import ReadChannelServer
 from rayconf.actors.store_leases import lease_read_target
 from rayconf.actors.stream_follower import (
     apply_streamed_entry,
@@ -134,6 +135,8 @@ class ShardStoreActor:
         self._lease_exposed = 0
         self.lease_grants = 0
         self.lease_reads = 0
+        self.channel = ReadChannelServer(name, self.read_batch)
+        self._channel_start = asyncio.get_event_loop().create_task(self._start_channel())
         self._task = asyncio.get_event_loop().create_task(self._follow())
         self._lease_task = asyncio.get_event_loop().create_task(self._keep_lease())
         logger.info("shard store %s up in %s, following %s", name, data_center, replicas)
@@ -167,6 +170,23 @@ class ShardStoreActor:
                     self.name, self.state.applied_index, self.state.revision)
 
     # --- Reads. ---
+
+    async def _start_channel(self) -> None:
+        try:
+            await self.channel.start(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+        except OSError as error:
+            # Clients then read over Ray actor calls, as before the channel existed.
+            logger.error("store %s could not open its read channel (%s); reads go over Ray calls only",
+                         self.name, error)
+
+    async def read_channel(self) -> dict[str, Any] | None:
+        """Return the host, port and secret of this store's read channel; None when it has none.
+
+        See `actors/read_channel.py`. The secret admits a connection, so it
+        is handed out only over this Ray call.
+        """
+        await asyncio.shield(self._channel_start)
+        return self.channel.endpoint()
 
     async def read(self, request: RangeRequest, consistency: str = "linearizable", min_revision: int = 0,
                    max_staleness_ms: int | None = None, timeout_s: float = 5.0,
@@ -268,7 +288,7 @@ class ShardStoreActor:
             handle = self._replica_handle(leader)
             grant: dict[str, Any] | None = await asyncio.wait_for(
                 handle.grant_read_lease.remote(self.name, self.following), timeout=LEASE_CALL_TIMEOUT_S)
-        except (asyncio.TimeoutError, ValueError, ray.exceptions.RayError) as error:
+        except (TimeoutError, ValueError, ray.exceptions.RayError) as error:
             self._handles.pop(leader, None)
             logger.info("store %s got no read lease from %s: %s", self.name, leader, type(error).__name__)
             return None
@@ -319,7 +339,7 @@ class ShardStoreActor:
         try:
             # The call this read joins may start late, after the one in flight.
             return await asyncio.wait_for(future, timeout=2 * timeout_s + CALL_MARGIN_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unavailable(f"store {self.name} got no ReadIndex within {2 * timeout_s} s; retry the read") from None
 
     async def _run_index_calls(self, timeout_s: float) -> None:
@@ -383,7 +403,7 @@ class ShardStoreActor:
         handle = self._replica_handle(member)
         try:
             index: int = await asyncio.wait_for(handle.read_index.remote(timeout_s), timeout=timeout_s + CALL_MARGIN_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unavailable(f"replica {member} did not return a ReadIndex within {timeout_s} s") from None
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, RayconfError):
@@ -416,7 +436,7 @@ class ShardStoreActor:
                     return False
                 try:
                     await asyncio.wait_for(self._progress.wait(), timeout=remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         return True
 
@@ -446,6 +466,8 @@ class ShardStoreActor:
             "lease_remaining_ms": max(0, int((self._lease_expires - time.monotonic()) * 1000)),
             "lease_grants": self.lease_grants,
             "lease_reads": self.lease_reads,
+            "read_channel": f"{self.channel.host}:{self.channel.port}" if self.channel.port else "",
+            "read_channel_reads": self.channel.counters["reads"],
             "auth_enabled": self.state.auth.enabled,
             "auth_revision": self.state.auth.revision,
         }

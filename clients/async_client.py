@@ -32,6 +32,7 @@ from rayconf.clients.client import (
 )
 from rayconf.clients.chunk_cache import ChunkCache
 from rayconf.clients.large_values import CHUNK_CACHE_BYTES, LargeValues
+from rayconf.clients.read_channel import AsyncReadChannels
 from rayconf.store.manifest import is_manifest
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.keys import prefix_end
@@ -70,7 +71,7 @@ class AsyncClient:
     def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "",
                  data_center: str | None = None, session: bool = True, token: str | None = None,
                  token_source: Callable[[], str | None] | None = None,
-                 chunk_cache_bytes: int = CHUNK_CACHE_BYTES) -> None:
+                 chunk_cache_bytes: int = CHUNK_CACHE_BYTES, read_channel: bool = True) -> None:
         """See `Client`. With auth enabled, give `token`, or `token_source`, which returns a fresh token.
 
         `Client.aio` passes its own login as `token_source`, so a client with
@@ -92,6 +93,8 @@ class AsyncClient:
         self._leader = ""
         self._random = random.Random()
         self._batches: dict[tuple[str, str, int | None, int], _PendingBatch] = {}
+        self.read_channel = read_channel
+        self._channels = AsyncReadChannels(spec) if read_channel else None
         # Chunking and fetching are blocking Ray calls, so they run in a thread.
         self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s,
                                         cache=ChunkCache(chunk_cache_bytes))
@@ -218,19 +221,25 @@ class AsyncClient:
         self.read_calls += 1
         attempt_s = min(self.timeout_s, READ_ATTEMPT_TIMEOUT_S)
         try:
-            handle = find_store(self.spec, store)
-            if handle is None:
-                raise Unavailable(f"shard store {store} is not running")
-            replies = await asyncio.wait_for(
-                handle.read_batch.remote(batch.requests, mode, min_revision, staleness_ms, attempt_s,
-                                         await self._current_token()),
-                timeout=attempt_s + 1,
-            )
+            token = await self._current_token()
+            replies = None
+            if self._channels is not None:
+                replies = await self._channels.read(store, batch.requests, mode, min_revision, staleness_ms,
+                                                    attempt_s, token)
+            if replies is None:
+                handle = find_store(self.spec, store)
+                if handle is None:
+                    raise Unavailable(f"shard store {store} is not running")
+                replies = await asyncio.wait_for(
+                    handle.read_batch.remote(batch.requests, mode, min_revision, staleness_ms, attempt_s, token),
+                    timeout=attempt_s + 1,
+                )
         except BaseException as error:  # every waiter gets the same failure
             for future in batch.futures:
                 if not future.done():
                     future.set_exception(_unwrap(error))
             return
+        assert replies is not None
         for future, reply in zip(batch.futures, replies):
             if not future.done():
                 future.set_result(reply)

@@ -34,6 +34,7 @@ from sortedcontainers import SortedList
 from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
 from rayconf.clients.chunk_cache import ChunkCache
 from rayconf.clients.large_values import CHUNK_CACHE_BYTES, LargeValues, manifest_of, value_too_large
+from rayconf.clients.read_channel import ReadChannels
 from rayconf.errors import AuthenticationFailed, InvalidRequest, NotLeader, RayconfError, TxnFailed, Unavailable
 from rayconf.store.keys import DirectoryEntry, iter_children, prefix_end, validate_directory, validate_path
 from rayconf.store.validation import check_note
@@ -105,7 +106,7 @@ class Client:
     def __init__(self, spec: ClusterSpec, *, timeout_s: float = 10.0, principal: str = "",
                  data_center: str | None = None, session: bool = True, user: str | None = None,
                  password: str | None = None, token: str | None = None,
-                 chunk_cache_bytes: int = CHUNK_CACHE_BYTES) -> None:
+                 chunk_cache_bytes: int = CHUNK_CACHE_BYTES, read_channel: bool = True) -> None:
         """Connect to the cluster of `spec`.
 
         Reads go to a shard store of `data_center` (default: the
@@ -116,6 +117,8 @@ class Client:
         is enabled; with auth disabled, `user` is only the recorded principal.
         Up to `chunk_cache_bytes` of the chunks of large values read or
         written stay in memory for later reads; 0 turns that cache off.
+        With `read_channel`, reads go to the store over its TCP read channel
+        (see `actors/read_channel.py`), else over Ray actor calls.
         """
         self.spec = spec
         self.timeout_s = timeout_s
@@ -142,6 +145,8 @@ class Client:
         self.last_revision = 0
         self.large_values = LargeValues(spec, data_center=self.data_center, timeout_s=timeout_s,
                                         cache=ChunkCache(chunk_cache_bytes))
+        self.read_channel = read_channel
+        self._channels = ReadChannels(spec) if read_channel else None
 
     def __repr__(self) -> str:
         # Never shows the password or the token.
@@ -190,7 +195,7 @@ class Client:
             from rayconf.clients.async_client import AsyncClient
             self._aio = AsyncClient(self.spec, timeout_s=self.timeout_s, principal=self.principal,
                                     data_center=self.data_center, session=self.session,
-                                    token_source=self.current_token)
+                                    token_source=self.current_token, read_channel=self.read_channel)
             self._aio.large_values.cache = self.large_values.cache
         return self._aio
 
@@ -371,19 +376,13 @@ class Client:
         def attempt() -> RangeResponse:
             if stores:
                 store = stores[self._random.randrange(len(stores))]
-                handle = find_store(self.spec, store)
-                if handle is None:
-                    raise Unavailable(f"shard store {store} is not running")
                 attempt_s = min(self.timeout_s, READ_ATTEMPT_TIMEOUT_S)
-                try:
-                    reply = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, attempt_s,
-                                                       self.current_token()),
-                                    timeout=attempt_s + 1)
-                except ray.exceptions.GetTimeoutError:
-                    # A paused or overloaded store fails no call; it only stops replying.
-                    raise Unavailable(f"shard store {store} in {self.data_center} did not reply within "
-                                      f"{attempt_s + 1:g} s; retry, or read through another data center "
-                                      "(Client(..., data_center=...))") from None
+                replies = None
+                if self._channels is not None:
+                    replies = self._channels.read(store, [request], mode, min_revision, staleness_ms, attempt_s,
+                                                  self.current_token())
+                reply = replies[0] if replies is not None else self._read_over_ray(store, request, mode, min_revision,
+                                                                       staleness_ms, attempt_s)
                 response: RangeResponse = reply["response"]
                 self.last_read = {"store": reply["store"], "age_ms": reply["age_ms"], "revision": response.revision}
                 return response
@@ -396,6 +395,22 @@ class Client:
             return response
         return self._retry(attempt, "read")
 
+    def _read_over_ray(self, store: str, request: RangeRequest, mode: str, min_revision: int,
+                       staleness_ms: int | None, attempt_s: float) -> dict[str, Any]:
+        handle = find_store(self.spec, store)
+        if handle is None:
+            raise Unavailable(f"shard store {store} is not running")
+        try:
+            reply: dict[str, Any] = ray.get(handle.read.remote(request, mode, min_revision, staleness_ms, attempt_s,
+                                                               self.current_token()),
+                                            timeout=attempt_s + 1)
+        except ray.exceptions.GetTimeoutError:
+            # A paused or overloaded store fails no call; it only stops replying.
+            raise Unavailable(f"shard store {store} in {self.data_center} did not reply within "
+                              f"{attempt_s + 1:g} s; retry, or read through another data center "
+                              "(Client(..., data_center=...))") from None
+        return reply
+
     def history(self, key: str | bytes, *, limit: int = 0) -> list[HistoryEntry]:
         raw = to_key(key)
 
@@ -407,6 +422,17 @@ class Client:
                                                   timeout=self.timeout_s)
             return entries
         return self.large_values.resolve_history(self._retry(attempt, "history"))
+
+    def close(self) -> None:
+        """Close the calling thread's read connections; the client stays usable and reconnects on demand."""
+        if self._channels is not None:
+            self._channels.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def status(self) -> dict[str, Any]:
         from rayconf.actors.cluster import status
@@ -450,6 +476,13 @@ class Client:
                     last = Unavailable(f"{what} failed: {type(cause).__name__} behind the actor it called")
                 else:
                     raise
+            except AuthenticationFailed as error:
+                # Raised as it is by a store's read channel; over Ray it comes wrapped, as above.
+                if self._can_log_in_again(logged_in_again):
+                    self._token = None
+                    logged_in_again = True
+                    continue
+                raise error from None
             except (NotLeader, Unavailable) as error:
                 last = error
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:

@@ -317,3 +317,19 @@ def _show(value: object) -> str:
     if len(shown) > _SHOWN_CHARS_MAX:
         shown = shown[: _SHOWN_CHARS_MAX - 3] + "..."
     return shown
+
+
+# --- Range requests on their own, for the stores' read channel. ---
+
+
+def range_request_fields(request: RangeRequest) -> list[Any]:
+    """Return `request` as the msgpack-ready list that `parse_range_request` reads."""
+    return _operation_fields("read", request)
+
+
+def parse_range_request(fields: object) -> RangeRequest:
+    """Rebuild a `RangeRequest` from `range_request_fields` output, checking every field's type."""
+    operation = _parse_operation("read", fields)
+    if not isinstance(operation, RangeRequest):
+        _reject("read kind", type(operation).__name__, "'range'")
+    return operation

@@ -1,0 +1,384 @@
+"""The client's side of the stores' read channels (see `actors/read_channel.py`).
+
+`ReadChannels` serves the blocking `Client`. Each thread keeps its own
+connection to each store, so one thread's read does not wait for another's.
+`AsyncReadChannels` serves `AsyncClient`: one connection per store and event
+loop carries every batch at once, and a reader task hands each reply to the
+batch that waits for it.
+
+Both learn a store's endpoint with one Ray call and keep it while it works.
+- A connection that cannot be opened asks the store for its endpoint once
+  more, since a restarted store listens on a new port with a new secret.
+  When that fails too, the client reads that store over Ray calls for
+  `UNREACHABLE_RETRY_S` and logs a warning.
+- A store that has no channel names no endpoint, and the client reads it
+  over Ray calls.
+- A connection that breaks during a read raises `Unavailable` naming the
+  store, which the clients' retry loops treat like a failed actor call. The
+  blocking client first sends the read once more on a new connection when
+  the broken one had served reads before: the store may have closed it or
+  restarted since. Reads change nothing, so sending one twice is safe."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import ray
+
+from rayconf.actors.cluster import ClusterSpec, find_store
+from rayconf.actors.read_channel import (
+    FRAME_HEADER,
+    PROTOCOL,
+    REPLY_FRAME_BYTES_MAX,
+    ChannelClosed,
+    pack_frame,
+    parse_response,
+    read_frame,
+    rebuild_error,
+    unpack_body,
+)
+from rayconf.errors import Unavailable
+from rayconf.store.codec import range_request_fields
+from rayconf.store.records import RangeRequest
+
+# Time allowed to connect and exchange the hello.
+CONNECT_TIMEOUT_S = 2.0
+# A store whose channel cannot be reached is read over Ray calls for this
+# long before the client tries its channel again.
+UNREACHABLE_RETRY_S = 30.0
+
+logger = logging.getLogger(__name__)
+
+
+def read_frame_body(request_id: int, requests: list[RangeRequest], mode: str, min_revision: int,
+                    staleness_ms: int | None, attempt_s: float, token: str | None) -> bytes:
+    return pack_frame([request_id, mode, min_revision, staleness_ms, attempt_s, token,
+                       [range_request_fields(request) for request in requests]])
+
+
+def replies_of(store: str, reply: object) -> list[dict[str, Any]]:
+    """Turn a reply frame's tail into one reply dict per request, or raise the error it carries."""
+    if not isinstance(reply, list) or len(reply) < 2:
+        raise ChannelClosed("a reply frame is not a list")
+    if reply[1] is True and len(reply) == 4:
+        age_ms, responses = reply[2], reply[3]
+        if type(age_ms) is not int or not isinstance(responses, list):
+            raise ChannelClosed("a reply frame has the wrong field types")
+        return [{"response": parse_response(fields), "age_ms": age_ms, "store": store} for fields in responses]
+    if reply[1] is False and len(reply) == 5:
+        raise rebuild_error(reply[2], reply[3], reply[4])
+    raise ChannelClosed("a reply frame has neither a result nor an error")
+
+
+def _hello_reply(store: str, reply: object) -> None:
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] == PROTOCOL and reply[1] == store:
+        return
+    detail = reply[2] if isinstance(reply, list) and len(reply) == 3 else repr(reply)[:200]
+    raise ChannelClosed(f"store {store} did not accept the read connection: {detail}")
+
+
+class _Endpoints:
+    """Endpoints of the stores' channels, learnt over Ray; shared by threads and event loops."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self._known: dict[str, dict[str, Any] | None] = {}
+        # Stores whose channel could not be reached, read over Ray until this monotonic time.
+        self._over_ray_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, store: str) -> tuple[bool, dict[str, Any] | None]:
+        """Return whether `store`'s endpoint is known, and the endpoint (None: read over Ray)."""
+        with self._lock:
+            if store in self._over_ray_until:
+                if time.monotonic() < self._over_ray_until[store]:
+                    return True, None
+                del self._over_ray_until[store]
+            return store in self._known, self._known.get(store)
+
+    def get(self, store: str, timeout_s: float) -> dict[str, Any] | None:
+        known, endpoint = self.cached(store)
+        if known:
+            return endpoint
+        endpoint = self.fetch(store, timeout_s)
+        with self._lock:
+            self._known[store] = endpoint
+        return endpoint
+
+    def fetch(self, store: str, timeout_s: float) -> dict[str, Any] | None:
+        """Ask `store` for its channel's endpoint over Ray."""
+        handle = find_store(self.spec, store)
+        if handle is None:
+            raise Unavailable(f"shard store {store} is not running")
+        try:
+            endpoint = ray.get(handle.read_channel.remote(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise Unavailable(f"shard store {store} did not reply within {timeout_s:g} s when asked for its read "
+                              "channel; retry, or read through another data center "
+                              "(Client(..., data_center=...))") from None
+        found: dict[str, Any] | None = endpoint
+        return found
+
+    def forget(self, store: str) -> None:
+        with self._lock:
+            self._known.pop(store, None)
+
+    def read_over_ray(self, store: str, error: BaseException) -> None:
+        """Send `store`'s reads over Ray for a while: its channel could not be reached."""
+        logger.warning("cannot reach the read channel of shard store %s (%s); reading over Ray calls for "
+                       "%g s", store, error, UNREACHABLE_RETRY_S)
+        with self._lock:
+            self._known.pop(store, None)
+            self._over_ray_until[store] = time.monotonic() + UNREACHABLE_RETRY_S
+
+
+class ReadChannels:
+    """Blocking reads over the stores' channels, one connection per thread and store."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.endpoints = _Endpoints(spec)
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+
+    def read(self, store: str, requests: list[RangeRequest], mode: str, min_revision: int,
+             staleness_ms: int | None, attempt_s: float, token: str | None) -> list[dict[str, Any]] | None:
+        """Serve `requests` on `store`'s channel; None when the client should read over Ray instead."""
+        frame = None
+        for _ in range(2):
+            connection, reused = self._connection(store, attempt_s)
+            if connection is None:
+                return None
+            request_id = next(self._ids)
+            frame = read_frame_body(request_id, requests, mode, min_revision, staleness_ms, attempt_s, token)
+            try:
+                connection.settimeout(attempt_s + 1)
+                connection.sendall(frame)
+                reply = _receive(connection, REPLY_FRAME_BYTES_MAX)
+                break
+            except TimeoutError:
+                self._drop(store)
+                raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
+                                  "through another data center (Client(..., data_center=...))") from None
+            except (OSError, ChannelClosed) as error:
+                self._drop(store)
+                if reused:
+                    # The store may have closed an idle connection, or restarted: reads are
+                    # idempotent, so send once more on a new connection.
+                    continue
+                raise Unavailable(f"the read connection to shard store {store} failed: {error}") from None
+        if not (isinstance(reply, list) and reply and reply[0] == request_id):
+            self._drop(store)
+            raise Unavailable(f"shard store {store} answered read {request_id} with another read's reply")
+        try:
+            return replies_of(store, reply)
+        except ChannelClosed as error:
+            self._drop(store)
+            raise Unavailable(f"shard store {store} sent a malformed reply: {error}") from None
+
+    def _connection(self, store: str, attempt_s: float) -> tuple[socket.socket | None, bool]:
+        """Return this thread's connection to `store` and whether it was open already; None to read over Ray."""
+        connections: dict[str, socket.socket] = self._local.__dict__.setdefault("connections", {})
+        connection = connections.get(store)
+        if connection is not None:
+            return connection, True
+        error: BaseException | None = None
+        # A cached endpoint may be stale (the store restarted), so a failed
+        # connection asks the store for its endpoint once more.
+        for _ in range(2):
+            endpoint = self.endpoints.get(store, attempt_s)
+            if endpoint is None:
+                return None, False
+            try:
+                connection = self._connect(store, endpoint, attempt_s)
+            except (OSError, ChannelClosed) as failure:
+                error = failure
+                self.endpoints.forget(store)
+                continue
+            connections[store] = connection
+            return connection, False
+        assert error is not None
+        self.endpoints.read_over_ray(store, error)
+        return None, False
+
+    def _connect(self, store: str, endpoint: dict[str, Any], attempt_s: float) -> socket.socket:
+        """Open a connection and exchange the hello.
+
+        Raises `OSError` when no connection opens and `ChannelClosed` when the
+        store rejects it; `Unavailable` when the store accepted the connection
+        but did not answer the hello in time (its process may be paused).
+        """
+        connection = socket.create_connection((endpoint["host"], endpoint["port"]), timeout=CONNECT_TIMEOUT_S)
+        try:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection.settimeout(attempt_s + 1)
+            connection.sendall(pack_frame([PROTOCOL, endpoint["secret"]]))
+            _hello_reply(store, _receive(connection, REPLY_FRAME_BYTES_MAX))
+        except TimeoutError:
+            connection.close()
+            raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
+                              "through another data center (Client(..., data_center=...))") from None
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _drop(self, store: str) -> None:
+        connections: dict[str, socket.socket] = self._local.__dict__.setdefault("connections", {})
+        connection = connections.pop(store, None)
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        """Close this thread's connections; other threads' close when their threads end."""
+        for connection in self._local.__dict__.pop("connections", {}).values():
+            connection.close()
+
+
+def _receive(connection: socket.socket, size_max: int) -> Any:
+    (size,) = FRAME_HEADER.unpack(_receive_exactly(connection, FRAME_HEADER.size))
+    if size > size_max:
+        raise ChannelClosed(f"a frame of {size} bytes is above the limit of {size_max} bytes")
+    return unpack_body(_receive_exactly(connection, size))
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+    parts = []
+    remaining = size
+    while remaining:
+        part = connection.recv(min(remaining, 1 << 20))
+        if not part:
+            raise ChannelClosed("the store closed the connection")
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+class _AsyncConnection:
+    """One connection to one store on one event loop, with the reads waiting on it."""
+
+    def __init__(self, store: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.store = store
+        self.writer = writer
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.closed = False
+        self.task = asyncio.ensure_future(self._receive(reader))
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        error: BaseException = ChannelClosed("the connection was closed")
+        try:
+            while True:
+                reply = await read_frame(reader, REPLY_FRAME_BYTES_MAX)
+                waiter = self.waiting.pop(reply[0], None) if isinstance(reply, list) and reply else None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reply)
+        except (ChannelClosed, OSError) as failure:
+            error = failure
+        finally:
+            self.close(error)
+
+    def close(self, error: BaseException) -> None:
+        self.closed = True
+        self.writer.close()
+        for waiter in self.waiting.values():
+            if not waiter.done():
+                waiter.set_exception(Unavailable(f"the read connection to shard store {self.store} failed: "
+                                                 f"{error}"))
+        self.waiting.clear()
+
+
+class AsyncReadChannels:
+    """Reads over the stores' channels for an asyncio client: one connection per store and event loop."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.endpoints = _Endpoints(spec)
+        self._connections: dict[str, _AsyncConnection] = {}
+        # Connections being opened, so that concurrent batches share one.
+        self._opening: dict[str, asyncio.Future[_AsyncConnection | None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+
+    async def read(self, store: str, requests: list[RangeRequest], mode: str, min_revision: int,
+                   staleness_ms: int | None, attempt_s: float,
+                   token: str | None) -> list[dict[str, Any]] | None:
+        """Serve `requests` on `store`'s channel; None when the client should read over Ray instead."""
+        connection = await self._connection(store, attempt_s)
+        if connection is None:
+            return None
+        request_id = next(self._ids)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        connection.waiting[request_id] = waiter
+        connection.writer.write(read_frame_body(request_id, requests, mode, min_revision, staleness_ms,
+                                                attempt_s, token))
+        try:
+            reply = await asyncio.wait_for(waiter, timeout=attempt_s + 1)
+        except TimeoutError:
+            connection.waiting.pop(request_id, None)
+            raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
+                              "through another data center") from None
+        try:
+            return replies_of(store, reply)
+        except ChannelClosed as error:
+            connection.close(error)
+            raise Unavailable(f"shard store {store} sent a malformed reply: {error}") from None
+
+    async def _connection(self, store: str, attempt_s: float) -> _AsyncConnection | None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Connections belong to the loop that opened them.
+            self._connections = {}
+            self._opening = {}
+            self._loop = loop
+        connection = self._connections.get(store)
+        if connection is not None and not connection.closed:
+            return connection
+        opening = self._opening.get(store)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(store, attempt_s))
+            self._opening[store] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(store, None))
+        opened = await asyncio.shield(opening)
+        if opened is not None:
+            self._connections[store] = opened
+        return opened
+
+    async def _open(self, store: str, attempt_s: float) -> _AsyncConnection | None:
+        error: BaseException | None = None
+        # As in `ReadChannels._connection`: a stale endpoint gets one more try.
+        for _ in range(2):
+            known, endpoint = self.endpoints.cached(store)
+            if not known:
+                endpoint = await asyncio.to_thread(self.endpoints.get, store, attempt_s)
+            if endpoint is None:
+                return None
+            try:
+                return await self._connect(store, endpoint, attempt_s)
+            except (TimeoutError, OSError, ChannelClosed) as failure:
+                error = failure
+                self.endpoints.forget(store)
+        assert error is not None
+        self.endpoints.read_over_ray(store, error)
+        return None
+
+    async def _connect(self, store: str, endpoint: dict[str, Any], attempt_s: float) -> _AsyncConnection:
+        """As `ReadChannels._connect`, on the running event loop."""
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(endpoint["host"], endpoint["port"]), timeout=CONNECT_TIMEOUT_S)
+        try:
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            writer.write(pack_frame([PROTOCOL, endpoint["secret"]]))
+            hello = await asyncio.wait_for(read_frame(reader, REPLY_FRAME_BYTES_MAX), timeout=attempt_s + 1)
+            _hello_reply(store, hello)
+        except TimeoutError:
+            writer.close()
+            raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
+                              "through another data center") from None
+        except BaseException:
+            writer.close()
+            raise
+        return _AsyncConnection(store, reader, writer)
