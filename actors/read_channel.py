@@ -12,42 +12,52 @@ serve them on a socket.
 What. Each store listens on its node's address on a port the kernel picks.
 A client asks the store for the channel over Ray (`ShardStoreActor.
 read_channel`), which returns the host, the port and a 32-byte secret drawn
-when the store started. The client opens a TCP connection and sends the
-secret first. The store closes a connection that does not start with it. So the channel admits the
-same callers as the Ray cluster, whose authentication protects the call that
-hands out the secret; rayconf's own tokens are then checked per read, as on
-the Ray path.
+when the store started. On a new connection each side proves that it has
+the secret, with an HMAC over both sides' nonces, and neither sends the
+secret itself. So the channel admits the callers that could make that Ray
+call, and a client never sends a token to a process that took over a dead
+store's port. rayconf's own tokens are then checked per read, as on the Ray
+path. Frames are not encrypted, as Ray's calls are not by default, so the
+store opens no channel when Ray runs with TLS (`RAY_USE_TLS`).
 
 Protocol. Every frame is a 4-byte big-endian length and a msgpack body.
-- hello, client to store: `[PROTOCOL, secret]`; answered with
-  `[PROTOCOL, store_name]`, or with `[PROTOCOL, "", message]` just before
-  the store closes the connection.
+- handshake: the client sends `[PROTOCOL, client_nonce]`; the store answers
+  `[PROTOCOL, store_name, store_nonce, store_proof]`; the client checks the
+  proof and sends `[client_proof]`; the store answers `[PROTOCOL, "ok"]`.
+  A proof is `proof(secret, side, client_nonce, store_nonce)`. A store that
+  rejects the connection sends `[PROTOCOL, "", message]` and closes it. A
+  connection that has not finished the handshake within
+  `HANDSHAKE_TIMEOUT_S` is closed.
 - read, client to store: `[read_id, consistency, min_revision,
   max_staleness_ms or None, timeout_s, token or None, [range request, ...]]`,
   the requests as `store.codec.range_request_fields` writes them.
 - reply: `[read_id, True, age_ms, [response, ...]]`, each response
   `[kvs, count, more, revision, next_key]` and each kv `[key, value,
   create_revision, mod_revision, version]`; or `[read_id, False,
-  error_class, message, attributes]` with a `rayconf.errors` class name.
+  error_class, message, attributes]` with a `rayconf.errors` class name, or
+  `REPLY_TOO_LARGE` for a reply above the frame limit.
 
-A connection carries any number of reads at once; replies come back in the
-order they finish, matched by `read_id`. Nothing is pickled: a frame decodes
-to lists, numbers, strings and bytes, and every field is type-checked.
-Reads are idempotent, so a client whose connection breaks retries the read,
-on a new connection or over Ray.
+A connection carries any number of reads at once, up to the limits below;
+replies come back in the order they finish, matched by `read_id`. Nothing
+is pickled: a frame decodes to lists, numbers, strings and bytes, and every
+field is type-checked. Reads are idempotent, so a client whose connection
+breaks retries the read, on a new connection or over Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import secrets
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
+import ray
 
 from rayconf import errors
 from rayconf.errors import InvalidRequest, RayconfError
@@ -56,19 +66,33 @@ from rayconf.store.records import KeyValue, RangeRequest, RangeResponse
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL = 1
+PROTOCOL = 2
 SECRET_BYTES = 32
+NONCE_BYTES = 16
 FRAME_HEADER = struct.Struct(">I")
-# A hello is a protocol number and a secret, so a longer first frame is not from a client.
-HELLO_BYTES_MAX = 256
+# Handshake frames carry a protocol number, a name, nonces and proofs, so a
+# longer one is not from a client.
+HANDSHAKE_FRAME_BYTES_MAX = 1024
+# A connection that has not finished the handshake by then is closed.
+HANDSHAKE_TIMEOUT_S = 5.0
+# Connections a store keeps open at once, finished handshakes or not. It
+# closes any further one at once.
+CONNECTIONS_MAX = 1024
+# Rejected connections are counted, and logged at most once per interval.
+REJECTION_LOG_INTERVAL_S = 10.0
+# The error name of a reply that is too large for a frame; the client then
+# sends that read over Ray.
+REPLY_TOO_LARGE = "ReplyTooLarge"
 # A read frame carries one batch of requests, each with a key and a range
 # end of bounded length.
 READ_FRAME_BYTES_MAX = 16 * 1024 * 1024
 # A reply can hold a whole range of inline values.
 REPLY_FRAME_BYTES_MAX = 1024 * 1024 * 1024
-# Reads served at once on one connection; the store reads no further frame
-# from that connection until one of them finishes.
-READS_IN_FLIGHT_MAX = 512
+# Reads served at once on one connection, and on all of a store's
+# connections. At either limit the store reads no further frame from that
+# connection until a read finishes.
+CONNECTION_READS_IN_FLIGHT_MAX = 256
+STORE_READS_IN_FLIGHT_MAX = 1024
 # Requests in one read frame.
 READ_REQUESTS_MAX = 4096
 
@@ -141,11 +165,20 @@ _ATTRIBUTE_TYPES = (int, float, str, bytes, bool, type(None))
 
 
 def error_fields(error: BaseException) -> list[Any]:
-    """Return `error` as `[class name, message, attributes]`; an unexpected error becomes a `RayconfError`."""
+    """Return `error` as `[class name, message, attributes]`.
+
+    The class named is the nearest one that `rayconf.errors` defines, so a
+    subclass defined elsewhere keeps its base's meaning. A failed Ray call
+    behind the store becomes `Unavailable`, which clients retry, as they do
+    on the Ray path; any other unexpected error becomes a `RayconfError`.
+    """
     if isinstance(error, RayconfError):
         attributes = {name: value for name, value in vars(error).items()
                       if isinstance(name, str) and isinstance(value, _ATTRIBUTE_TYPES)}
-        return [type(error).__name__, str(error), attributes]
+        kind = next(cls for cls in type(error).__mro__ if getattr(errors, cls.__name__, None) is cls)
+        return [kind.__name__, str(error), attributes]
+    if isinstance(error, (ray.exceptions.RayError, asyncio.TimeoutError)):
+        return ["Unavailable", f"the store's call behind the read failed: {type(error).__name__}: {error}", {}]
     return ["RayconfError", f"the store failed to serve the read: {type(error).__name__}: {error}", {}]
 
 
@@ -160,6 +193,18 @@ def rebuild_error(name: object, message: object, attributes: object) -> RayconfE
             if isinstance(attribute, str) and isinstance(value, _ATTRIBUTE_TYPES):
                 setattr(error, attribute, value)
     return error
+
+
+# --- The handshake: each side proves that it has the secret without sending it. ---
+
+
+def proof(secret: bytes, side: bytes, client_nonce: bytes, store_nonce: bytes) -> bytes:
+    """Return the HMAC-SHA256 with which `side` (b"client" or b"store") proves it has `secret`."""
+    return hmac.new(secret, side + client_nonce + store_nonce, hashlib.sha256).digest()
+
+
+def _is_nonce(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == NONCE_BYTES
 
 
 # --- The store's side. ---
@@ -177,6 +222,10 @@ class ReadChannelServer:
         self.port = 0
         self.counters = {"connections": 0, "rejected": 0, "reads": 0}
         self._writers: set[asyncio.StreamWriter] = set()
+        self._reads = asyncio.Semaphore(STORE_READS_IN_FLIGHT_MAX)
+        # Rejected connections since the last warning, and when that warning was logged.
+        self._rejected_unlogged = 0
+        self._rejection_logged_at = -REJECTION_LOG_INTERVAL_S
 
     async def start(self, host: str) -> None:
         self._server = await asyncio.start_server(self._connection, host, 0)
@@ -201,11 +250,20 @@ class ReadChannelServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if len(self._writers) >= CONNECTIONS_MAX:
+            self._reject(peer, f"the store already has {CONNECTIONS_MAX} read connections")
+            writer.close()
+            return
         self._writers.add(writer)
         try:
-            if not await self._hello(reader, writer):
+            try:
+                accepted = await asyncio.wait_for(self._handshake(reader, writer, peer), HANDSHAKE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                self._reject(peer, f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s")
                 return
-            await self._serve_connection(reader, writer)
+            if accepted:
+                self.counters["connections"] += 1
+                await self._serve_connection(reader, writer)
         except ChannelClosed as error:
             logger.debug("store %s: read connection from %s closed: %s", self.store, peer, error)
         except Exception:  # one bad connection must not stop the store
@@ -214,34 +272,56 @@ class ReadChannelServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        hello = await read_frame(reader, HELLO_BYTES_MAX)
-        if not (isinstance(hello, list) and len(hello) == 2 and hello[0] == PROTOCOL
-                and isinstance(hello[1], bytes) and hmac.compare_digest(hello[1], self.secret)):
-            self.counters["rejected"] += 1
-            logger.warning("store %s rejected a read connection from %s: its hello is not protocol %d "
-                           "with the store's secret", self.store, writer.get_extra_info("peername"), PROTOCOL)
-            writer.write(pack_frame([PROTOCOL, "", f"store {self.store} rejected the read connection: the "
-                                     f"hello must be protocol {PROTOCOL} with the store's secret. Ask the "
-                                     "store for its read channel again (ShardStoreActor.read_channel)"]))
-            await writer.drain()
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> bool:
+        hello = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        if not (isinstance(hello, list) and len(hello) == 2 and hello[0] == PROTOCOL and _is_nonce(hello[1])):
+            await self._send_rejection(writer, peer, f"its hello is not [{PROTOCOL}, nonce]")
             return False
-        self.counters["connections"] += 1
-        writer.write(pack_frame([PROTOCOL, self.store]))
+        client_nonce = hello[1]
+        store_nonce = secrets.token_bytes(NONCE_BYTES)
+        writer.write(pack_frame([PROTOCOL, self.store, store_nonce,
+                                 proof(self.secret, b"store", client_nonce, store_nonce)]))
+        await writer.drain()
+        answer = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        expected = proof(self.secret, b"client", client_nonce, store_nonce)
+        if not (isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], bytes)
+                and hmac.compare_digest(answer[0], expected)):
+            await self._send_rejection(writer, peer, "its proof does not match the store's secret")
+            return False
+        writer.write(pack_frame([PROTOCOL, "ok"]))
         await writer.drain()
         return True
 
+    async def _send_rejection(self, writer: asyncio.StreamWriter, peer: Any, reason: str) -> None:
+        self._reject(peer, reason)
+        writer.write(pack_frame([PROTOCOL, "", f"store {self.store} rejected the read connection: {reason}. "
+                                 "Ask the store for its read channel again (ShardStoreActor.read_channel)"]))
+        await writer.drain()
+
+    def _reject(self, peer: Any, reason: str) -> None:
+        """Count a rejected connection; log at most one warning per interval, so a flood cannot fill the log."""
+        self.counters["rejected"] += 1
+        self._rejected_unlogged += 1
+        now = time.monotonic()
+        if now - self._rejection_logged_at >= REJECTION_LOG_INTERVAL_S:
+            logger.warning("store %s rejected %d read connection(s) in the last %g s, the latest from %s: %s",
+                           self.store, self._rejected_unlogged, REJECTION_LOG_INTERVAL_S, peer, reason)
+            self._rejected_unlogged = 0
+            self._rejection_logged_at = now
+
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        in_flight = asyncio.Semaphore(READS_IN_FLIGHT_MAX)
+        in_flight = asyncio.Semaphore(CONNECTION_READS_IN_FLIGHT_MAX)
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
                 frame = await read_frame(reader, READ_FRAME_BYTES_MAX)
                 await in_flight.acquire()
+                await self._reads.acquire()
                 task = asyncio.ensure_future(self._serve_read(frame, writer))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: in_flight.release())
+                task.add_done_callback(lambda _: self._reads.release())
         finally:
             for task in tasks:
                 task.cancel()
@@ -265,11 +345,24 @@ class ReadChannelServer:
             if not isinstance(error, RayconfError):
                 logger.exception("store %s failed to serve read %d", self.store, read_id)
             body = [read_id, False, *error_fields(error)]
-        writer.write(pack_frame(body))
+        writer.write(_packed_reply(read_id, body))
         try:
             await writer.drain()
         except ConnectionError:
             pass
+
+
+def _packed_reply(read_id: int, body: list[Any]) -> bytes:
+    """Pack a reply frame, or a `REPLY_TOO_LARGE` error when it would pass the limit."""
+    try:
+        packed = pack_frame(body)
+        size = len(packed)
+    except (ValueError, OverflowError):  # msgpack packs at most 4 GiB in one bin or array
+        size = -1
+    if 0 <= size - FRAME_HEADER.size <= REPLY_FRAME_BYTES_MAX:
+        return packed
+    return pack_frame([read_id, False, REPLY_TOO_LARGE,
+                       f"the reply is above the read channel's limit of {REPLY_FRAME_BYTES_MAX} bytes", {}])
 
 
 def parse_read(frame: list[Any]) -> tuple[list[RangeRequest], tuple[str, int, int | None, float, str | None]]:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ class ShardStoreActor:
         self.own_blocked: set[tuple[str, str]] = set()
         # Reads that arrived since the ReadIndex call in flight started. Their
         # number is bounded by the actor's concurrent calls (Ray's
-        # max_concurrency for async actors).
+        # max_concurrency for async actors) plus the read channel's limit
+        # (STORE_READS_IN_FLIGHT_MAX).
         self._index_waiters: list[asyncio.Future[int]] = []
         self._index_calls_running = False
         self.read_index_calls = 0
@@ -172,6 +174,10 @@ class ShardStoreActor:
     # --- Reads. ---
 
     async def _start_channel(self) -> None:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            logger.info("store %s opens no read channel: Ray runs with TLS and the channel is not encrypted; "
+                        "reads go over Ray calls", self.name)
+            return
         try:
             await self.channel.start(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
         except OSError as error:
@@ -183,7 +189,7 @@ class ShardStoreActor:
         """Return the host, port and secret of this store's read channel; None when it has none.
 
         See `actors/read_channel.py`. The secret admits a connection, so it
-        is handed out only over this Ray call.
+        is handed out only over this Ray call, and never logged.
         """
         await asyncio.shield(self._channel_start)
         return self.channel.endpoint()
@@ -468,6 +474,7 @@ class ShardStoreActor:
             "lease_reads": self.lease_reads,
             "read_channel": f"{self.channel.host}:{self.channel.port}" if self.channel.port else "",
             "read_channel_reads": self.channel.counters["reads"],
+            "read_channel_rejected": self.channel.counters["rejected"],
             "auth_enabled": self.state.auth.enabled,
             "auth_revision": self.state.auth.revision,
         }

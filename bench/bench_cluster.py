@@ -59,6 +59,9 @@ LEASE_READS = os.environ.get("RAYCONF_BENCH_LEASE_READS", "1") != "0"
 # Store read leases are the default; RAYCONF_BENCH_STORE_LEASES=0 sends every
 # linearizable read's ReadIndex to the leader instead.
 STORE_LEASES = os.environ.get("RAYCONF_BENCH_STORE_LEASES", "1") != "0"
+# Clients read over the stores' TCP read channels by default;
+# RAYCONF_BENCH_READ_CHANNEL=0 reads over Ray actor calls instead.
+READ_CHANNEL = os.environ.get("RAYCONF_BENCH_READ_CHANNEL", "1") != "0"
 RAY_CPUS = 2
 KEYS_MAX = 300
 VALUE_BYTES_MAX = 1024 * 1024
@@ -227,7 +230,8 @@ def with_counters(spec: ClusterSpec, figures: dict[str, Any], before: dict[str, 
 
 def measure_sync(spec: ClusterSpec, items: list[Item]) -> dict[str, Any]:
     """Measure each operation kind with one synchronous `Client`."""
-    client = Client(spec, timeout_s=CLIENT_TIMEOUT_S, data_center=spec.data_centers[0].name)
+    client = Client(spec, timeout_s=CLIENT_TIMEOUT_S, data_center=spec.data_centers[0].name,
+                    read_channel=READ_CHANNEL)
     keys = [key for key, _ in items]
     operations: dict[str, Callable[[random.Random], object]] = {
         "linearizable_read": lambda g: client.get(g.choice(keys), consistency="linearizable"),
@@ -251,7 +255,8 @@ def measure_async(spec: ClusterSpec, items: list[Item], callers: int) -> dict[st
     results: dict[str, Any] = {}
 
     async def measure() -> None:
-        client = AsyncClient(spec, timeout_s=CLIENT_TIMEOUT_S, data_center=spec.data_centers[0].name)
+        client = AsyncClient(spec, timeout_s=CLIENT_TIMEOUT_S, data_center=spec.data_centers[0].name,
+                             read_channel=READ_CHANNEL)
         operations: dict[str, Callable[[random.Random], Awaitable[object]]] = {
             "linearizable_read": lambda g: client.get(g.choice(keys), consistency="linearizable"),
             "serializable_read": lambda g: client.get(g.choice(keys), consistency="serializable"),
@@ -385,6 +390,7 @@ def run() -> dict[str, Any]:
         "tick_ms": TICK_MS,
         "lease_reads": LEASE_READS,
         "store_leases": STORE_LEASES,
+        "read_channel": READ_CHANNEL,
         "replicas": len(spec.members()),
         "shard_stores": len(spec.stores()),
         "ray_cpus": RAY_CPUS,

@@ -47,6 +47,9 @@ SEQUENTIAL_OPERATIONS = 30
 CONCURRENT_PUTS = 20
 MEMORY_SAMPLE_INTERVAL_S = 0.05
 TIMEOUT_S = 120.0
+# The small readers use the stores' TCP read channels by default;
+# RAYCONF_BENCH_READ_CHANNEL=0 sends their reads over Ray actor calls.
+READ_CHANNEL = os.environ.get("RAYCONF_BENCH_READ_CHANNEL", "1") != "0"
 
 
 def log(message: str) -> None:
@@ -84,13 +87,13 @@ def run() -> dict[str, Any]:
 
 
 def measure(spec: cluster.ClusterSpec) -> dict[str, Any]:
-    client = Client(spec, timeout_s=TIMEOUT_S, principal="bench")
+    client = Client(spec, timeout_s=TIMEOUT_S, principal="bench", read_channel=READ_CHANNEL)
     rng = random.Random(7)
     figures: dict[str, Any] = {"settings": {
         "value_bytes": VALUE_BYTES, "chunk_bytes": spec.limits.chunk_bytes,
         "inline_value_bytes_max": spec.limits.inline_value_bytes_max,
         "sequential_operations": SEQUENTIAL_OPERATIONS, "concurrent_puts": CONCURRENT_PUTS,
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": os.getloadavg(), "read_channel": READ_CHANNEL,
     }}
     client.put("/bench/small", b"warm")
     client.put("/bench/large/warm", rng.randbytes(VALUE_BYTES))
@@ -220,7 +223,7 @@ def read_small_in_process(gcs_address: str, spec: cluster.ClusterSpec, consisten
     # Ray sends its token to an explicit address only with RAY_AUTH_MODE=token.
     os.environ["RAY_AUTH_MODE"] = "token"
     ray.init(address=gcs_address, namespace=spec.namespace, log_to_driver=False)
-    client = Client(spec, timeout_s=TIMEOUT_S, session=False)
+    client = Client(spec, timeout_s=TIMEOUT_S, session=False, read_channel=READ_CHANNEL)
     client.get("/bench/small", consistency=consistency)
     results.put("ready")
     latencies = []

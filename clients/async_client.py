@@ -244,6 +244,11 @@ class AsyncClient:
             if not future.done():
                 future.set_result(reply)
 
+    async def aclose(self) -> None:
+        """Close the read connections of the running event loop; the client reconnects on demand."""
+        if self._channels is not None:
+            await self._channels.close()
+
     async def history(self, key: str | bytes, *, limit: int = 0) -> list[HistoryEntry]:
         raw = to_key(key)
 

@@ -379,8 +379,12 @@ class Client:
                 attempt_s = min(self.timeout_s, READ_ATTEMPT_TIMEOUT_S)
                 replies = None
                 if self._channels is not None:
-                    replies = self._channels.read(store, [request], mode, min_revision, staleness_ms, attempt_s,
-                                                  self.current_token())
+                    token = self.current_token()
+                    try:
+                        replies = self._channels.read(store, [request], mode, min_revision, staleness_ms,
+                                                      attempt_s, token)
+                    except AuthenticationFailed as error:
+                        raise _TokenRejected(error) from None
                 reply = replies[0] if replies is not None else self._read_over_ray(store, request, mode, min_revision,
                                                                        staleness_ms, attempt_s)
                 response: RangeResponse = reply["response"]
@@ -476,13 +480,13 @@ class Client:
                     last = Unavailable(f"{what} failed: {type(cause).__name__} behind the actor it called")
                 else:
                     raise
-            except AuthenticationFailed as error:
-                # Raised as it is by a store's read channel; over Ray it comes wrapped, as above.
+            except _TokenRejected as rejected:
+                # A store's read channel rejected the token, as the Ray path above does.
                 if self._can_log_in_again(logged_in_again):
                     self._token = None
                     logged_in_again = True
                     continue
-                raise error from None
+                raise rejected.error from None
             except (NotLeader, Unavailable) as error:
                 last = error
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
@@ -502,6 +506,14 @@ class Client:
     def _can_log_in_again(self, already: bool) -> bool:
         # An empty token means auth was disabled at the last login; it may be on now.
         return not already and self._password is not None and self._token is not None
+
+
+class _TokenRejected(Exception):
+    """A store's read channel rejected the client's token; `error` is the store's `AuthenticationFailed`."""
+
+    def __init__(self, error: AuthenticationFailed) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def cas_guard(key: bytes, expected: bytes | None, value: bytes) -> Txn:

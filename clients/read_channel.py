@@ -7,26 +7,32 @@ loop carries every batch at once, and a reader task hands each reply to the
 batch that waits for it.
 
 Both learn a store's endpoint with one Ray call and keep it while it works.
-- A connection that cannot be opened asks the store for its endpoint once
-  more, since a restarted store listens on a new port with a new secret.
-  When that fails too, the client reads that store over Ray calls for
-  `UNREACHABLE_RETRY_S` and logs a warning.
+- When a connection cannot be opened, the client requests the store's
+  endpoint once more, since a restarted store listens on a new port with a new secret.
+  When the store names the same endpoint, or the new one fails too, the
+  client logs a warning and reads that store over Ray calls for
+  `OVER_RAY_S`.
 - A store that has no channel names no endpoint, and the client reads it
-  over Ray calls.
+  over Ray calls for `OVER_RAY_S` before it asks again.
+- A reply too large for a frame sends that one read over Ray.
 - A connection that breaks during a read raises `Unavailable` naming the
   store, which the clients' retry loops treat like a failed actor call. The
   blocking client first sends the read once more on a new connection when
   the broken one had served reads before: the store may have closed it or
-  restarted since. Reads change nothing, so sending one twice is safe."""
+  restarted since. Reads change nothing, so sending one twice is safe.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
+import secrets
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 import ray
@@ -34,11 +40,15 @@ import ray
 from rayconf.actors.cluster import ClusterSpec, find_store
 from rayconf.actors.read_channel import (
     FRAME_HEADER,
+    HANDSHAKE_FRAME_BYTES_MAX,
+    NONCE_BYTES,
     PROTOCOL,
     REPLY_FRAME_BYTES_MAX,
+    REPLY_TOO_LARGE,
     ChannelClosed,
     pack_frame,
     parse_response,
+    proof,
     read_frame,
     rebuild_error,
     unpack_body,
@@ -47,11 +57,11 @@ from rayconf.errors import Unavailable
 from rayconf.store.codec import range_request_fields
 from rayconf.store.records import RangeRequest
 
-# Time allowed to connect and exchange the hello.
+# Maximum wait for a TCP connection to open. A shorter attempt timeout cuts it shorter.
 CONNECT_TIMEOUT_S = 2.0
-# A store whose channel cannot be reached is read over Ray calls for this
-# long before the client tries its channel again.
-UNREACHABLE_RETRY_S = 30.0
+# A store whose channel cannot be reached, or that has none, is read over
+# Ray calls for this long before the client tries its channel again.
+OVER_RAY_S = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +72,12 @@ def read_frame_body(request_id: int, requests: list[RangeRequest], mode: str, mi
                        [range_request_fields(request) for request in requests]])
 
 
-def replies_of(store: str, reply: object) -> list[dict[str, Any]]:
-    """Turn a reply frame's tail into one reply dict per request, or raise the error it carries."""
+def replies_of(store: str, reply: object) -> list[dict[str, Any]] | None:
+    """Turn a reply frame into one reply dict per request, or raise the error it carries.
+
+    Returns None for a reply too large for the channel: the caller sends that
+    read over Ray.
+    """
     if not isinstance(reply, list) or len(reply) < 2:
         raise ChannelClosed("a reply frame is not a list")
     if reply[1] is True and len(reply) == 4:
@@ -72,15 +86,44 @@ def replies_of(store: str, reply: object) -> list[dict[str, Any]]:
             raise ChannelClosed("a reply frame has the wrong field types")
         return [{"response": parse_response(fields), "age_ms": age_ms, "store": store} for fields in responses]
     if reply[1] is False and len(reply) == 5:
+        if reply[2] == REPLY_TOO_LARGE:
+            return None
         raise rebuild_error(reply[2], reply[3], reply[4])
     raise ChannelClosed("a reply frame has neither a result nor an error")
 
 
-def _hello_reply(store: str, reply: object) -> None:
-    if isinstance(reply, list) and len(reply) == 2 and reply[0] == PROTOCOL and reply[1] == store:
-        return
-    detail = reply[2] if isinstance(reply, list) and len(reply) == 3 else repr(reply)[:200]
-    raise ChannelClosed(f"store {store} did not accept the read connection: {detail}")
+class _Handshake:
+    """The client's half of the handshake: a nonce out, the store's proof checked, the client's proof back."""
+
+    def __init__(self, store: str, secret: bytes) -> None:
+        self.store = store
+        self.secret = secret
+        self.client_nonce = secrets.token_bytes(NONCE_BYTES)
+
+    def hello(self) -> bytes:
+        return pack_frame([PROTOCOL, self.client_nonce])
+
+    def answer(self, challenge: object) -> bytes:
+        """Check the store's proof in `challenge` and return the client's proof; raise `ChannelClosed` if wrong."""
+        if not (isinstance(challenge, list) and len(challenge) == 4 and challenge[0] == PROTOCOL
+                and challenge[1] == self.store and isinstance(challenge[2], bytes)
+                and isinstance(challenge[3], bytes)):
+            raise ChannelClosed(f"store {self.store} did not accept the read connection: {_detail(challenge)}")
+        store_nonce = challenge[2]
+        expected = proof(self.secret, b"store", self.client_nonce, store_nonce)
+        if not hmac.compare_digest(challenge[3], expected):
+            raise ChannelClosed(f"the process at the endpoint of store {self.store} does not know its secret")
+        return pack_frame([proof(self.secret, b"client", self.client_nonce, store_nonce)])
+
+    def check_accepted(self, verdict: object) -> None:
+        if verdict != [PROTOCOL, "ok"]:
+            raise ChannelClosed(f"store {self.store} did not accept the read connection: {_detail(verdict)}")
+
+
+def _detail(frame: object) -> str:
+    if isinstance(frame, list) and len(frame) == 3 and frame[1] == "":
+        return str(frame[2])
+    return f"unexpected frame {frame!r:.200}"
 
 
 class _Endpoints:
@@ -88,16 +131,18 @@ class _Endpoints:
 
     def __init__(self, spec: ClusterSpec) -> None:
         self.spec = spec
-        self._known: dict[str, dict[str, Any] | None] = {}
-        # Stores whose channel could not be reached, read over Ray until this monotonic time.
+        self._known: dict[str, dict[str, Any]] = {}
+        # Stores read over Ray calls until this monotonic time: their channel
+        # could not be reached, or they have none.
         self._over_ray_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def cached(self, store: str) -> tuple[bool, dict[str, Any] | None]:
-        """Return whether `store`'s endpoint is known, and the endpoint (None: read over Ray)."""
+        """Return whether the client knows what to do for `store`, and the endpoint (None: read over Ray)."""
         with self._lock:
-            if store in self._over_ray_until:
-                if time.monotonic() < self._over_ray_until[store]:
+            until = self._over_ray_until.get(store)
+            if until is not None:
+                if time.monotonic() < until:
                     return True, None
                 del self._over_ray_until[store]
             return store in self._known, self._known.get(store)
@@ -108,7 +153,10 @@ class _Endpoints:
             return endpoint
         endpoint = self.fetch(store, timeout_s)
         with self._lock:
-            self._known[store] = endpoint
+            if endpoint is None:
+                self._over_ray_until[store] = time.monotonic() + OVER_RAY_S
+            else:
+                self._known[store] = endpoint
         return endpoint
 
     def fetch(self, store: str, timeout_s: float) -> dict[str, Any] | None:
@@ -130,12 +178,12 @@ class _Endpoints:
             self._known.pop(store, None)
 
     def read_over_ray(self, store: str, error: BaseException) -> None:
-        """Send `store`'s reads over Ray for a while: its channel could not be reached."""
+        """Send `store`'s reads over Ray for `OVER_RAY_S`, because its channel could not be reached."""
         logger.warning("cannot reach the read channel of shard store %s (%s); reading over Ray calls for "
-                       "%g s", store, error, UNREACHABLE_RETRY_S)
+                       "%g s", store, error, OVER_RAY_S)
         with self._lock:
             self._known.pop(store, None)
-            self._over_ray_until[store] = time.monotonic() + UNREACHABLE_RETRY_S
+            self._over_ray_until[store] = time.monotonic() + OVER_RAY_S
 
 
 class ReadChannels:
@@ -149,7 +197,6 @@ class ReadChannels:
     def read(self, store: str, requests: list[RangeRequest], mode: str, min_revision: int,
              staleness_ms: int | None, attempt_s: float, token: str | None) -> list[dict[str, Any]] | None:
         """Serve `requests` on `store`'s channel; None when the client should read over Ray instead."""
-        frame = None
         for _ in range(2):
             connection, reused = self._connection(store, attempt_s)
             if connection is None:
@@ -161,7 +208,7 @@ class ReadChannels:
                 connection.sendall(frame)
                 reply = _receive(connection, REPLY_FRAME_BYTES_MAX)
                 break
-            except TimeoutError:
+            except socket.timeout:
                 self._drop(store)
                 raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
                                   "through another data center (Client(..., data_center=...))") from None
@@ -187,17 +234,20 @@ class ReadChannels:
         connection = connections.get(store)
         if connection is not None:
             return connection, True
+        failed: dict[str, Any] | None = None
         error: BaseException | None = None
-        # A cached endpoint may be stale (the store restarted), so a failed
-        # connection asks the store for its endpoint once more.
+        # A cached endpoint may be stale (the store restarted), so after a
+        # failure the store is asked for its endpoint once more.
         for _ in range(2):
             endpoint = self.endpoints.get(store, attempt_s)
             if endpoint is None:
                 return None, False
+            if endpoint == failed:
+                break
             try:
                 connection = self._connect(store, endpoint, attempt_s)
             except (OSError, ChannelClosed) as failure:
-                error = failure
+                failed, error = endpoint, failure
                 self.endpoints.forget(store)
                 continue
             connections[store] = connection
@@ -207,19 +257,22 @@ class ReadChannels:
         return None, False
 
     def _connect(self, store: str, endpoint: dict[str, Any], attempt_s: float) -> socket.socket:
-        """Open a connection and exchange the hello.
+        """Open a connection and run the handshake.
 
-        Raises `OSError` when no connection opens and `ChannelClosed` when the
-        store rejects it; `Unavailable` when the store accepted the connection
-        but did not answer the hello in time (its process may be paused).
+        Raises `OSError` when no connection opens, `ChannelClosed` when the
+        handshake fails, and `Unavailable` when the store accepted the
+        connection but did not answer in time (its process may be paused).
         """
-        connection = socket.create_connection((endpoint["host"], endpoint["port"]), timeout=CONNECT_TIMEOUT_S)
+        connection = socket.create_connection((endpoint["host"], endpoint["port"]),
+                                              timeout=min(CONNECT_TIMEOUT_S, attempt_s))
         try:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection.settimeout(attempt_s + 1)
-            connection.sendall(pack_frame([PROTOCOL, endpoint["secret"]]))
-            _hello_reply(store, _receive(connection, REPLY_FRAME_BYTES_MAX))
-        except TimeoutError:
+            handshake = _Handshake(store, endpoint["secret"])
+            connection.sendall(handshake.hello())
+            connection.sendall(handshake.answer(_receive(connection, HANDSHAKE_FRAME_BYTES_MAX)))
+            handshake.check_accepted(_receive(connection, HANDSHAKE_FRAME_BYTES_MAX))
+        except socket.timeout:
             connection.close()
             raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
                               "through another data center (Client(..., data_center=...))") from None
@@ -292,15 +345,22 @@ class _AsyncConnection:
         self.waiting.clear()
 
 
+class _LoopConnections:
+    """The connections of one event loop, and those being opened, so that concurrent batches share one."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, _AsyncConnection] = {}
+        self.opening: dict[str, asyncio.Future[_AsyncConnection | None]] = {}
+
+
 class AsyncReadChannels:
     """Reads over the stores' channels for an asyncio client: one connection per store and event loop."""
 
     def __init__(self, spec: ClusterSpec) -> None:
         self.endpoints = _Endpoints(spec)
-        self._connections: dict[str, _AsyncConnection] = {}
-        # Connections being opened, so that concurrent batches share one.
-        self._opening: dict[str, asyncio.Future[_AsyncConnection | None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Connections belong to the loop that opened them; a closed loop's entry goes with it.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = \
+            weakref.WeakKeyDictionary()
         self._ids = itertools.count(1)
 
     async def read(self, store: str, requests: list[RangeRequest], mode: str, min_revision: int,
@@ -317,7 +377,7 @@ class AsyncReadChannels:
                                                 attempt_s, token))
         try:
             reply = await asyncio.wait_for(waiter, timeout=attempt_s + 1)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             connection.waiting.pop(request_id, None)
             raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
                               "through another data center") from None
@@ -327,39 +387,46 @@ class AsyncReadChannels:
             connection.close(error)
             raise Unavailable(f"shard store {store} sent a malformed reply: {error}") from None
 
+    async def close(self) -> None:
+        """Close the running loop's connections."""
+        connections = self._loops.pop(asyncio.get_running_loop(), None)
+        if connections is None:
+            return
+        for connection in connections.open.values():
+            connection.close(ChannelClosed("the client closed it"))
+            connection.task.cancel()
+
     async def _connection(self, store: str, attempt_s: float) -> _AsyncConnection | None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # Connections belong to the loop that opened them.
-            self._connections = {}
-            self._opening = {}
-            self._loop = loop
-        connection = self._connections.get(store)
+        connections = self._loops.setdefault(asyncio.get_running_loop(), _LoopConnections())
+        connection = connections.open.get(store)
         if connection is not None and not connection.closed:
             return connection
-        opening = self._opening.get(store)
+        opening = connections.opening.get(store)
         if opening is None:
             opening = asyncio.ensure_future(self._open(store, attempt_s))
-            self._opening[store] = opening
-            opening.add_done_callback(lambda _: self._opening.pop(store, None))
+            connections.opening[store] = opening
+            opening.add_done_callback(lambda _: connections.opening.pop(store, None))
         opened = await asyncio.shield(opening)
         if opened is not None:
-            self._connections[store] = opened
+            connections.open[store] = opened
         return opened
 
     async def _open(self, store: str, attempt_s: float) -> _AsyncConnection | None:
+        failed: dict[str, Any] | None = None
         error: BaseException | None = None
-        # As in `ReadChannels._connection`: a stale endpoint gets one more try.
+        # As in `ReadChannels._connection`: a failed endpoint is asked for once more.
         for _ in range(2):
             known, endpoint = self.endpoints.cached(store)
             if not known:
                 endpoint = await asyncio.to_thread(self.endpoints.get, store, attempt_s)
             if endpoint is None:
                 return None
+            if endpoint == failed:
+                break
             try:
                 return await self._connect(store, endpoint, attempt_s)
-            except (TimeoutError, OSError, ChannelClosed) as failure:
-                error = failure
+            except (OSError, asyncio.TimeoutError, ChannelClosed) as failure:
+                failed, error = endpoint, failure
                 self.endpoints.forget(store)
         assert error is not None
         self.endpoints.read_over_ray(store, error)
@@ -367,14 +434,17 @@ class AsyncReadChannels:
 
     async def _connect(self, store: str, endpoint: dict[str, Any], attempt_s: float) -> _AsyncConnection:
         """As `ReadChannels._connect`, on the running event loop."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint["host"], endpoint["port"]), timeout=CONNECT_TIMEOUT_S)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(endpoint["host"], endpoint["port"]),
+                                                timeout=min(CONNECT_TIMEOUT_S, attempt_s))
         try:
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            writer.write(pack_frame([PROTOCOL, endpoint["secret"]]))
-            hello = await asyncio.wait_for(read_frame(reader, REPLY_FRAME_BYTES_MAX), timeout=attempt_s + 1)
-            _hello_reply(store, hello)
-        except TimeoutError:
+            handshake = _Handshake(store, endpoint["secret"])
+            writer.write(handshake.hello())
+            challenge = await asyncio.wait_for(read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX), timeout=attempt_s + 1)
+            writer.write(handshake.answer(challenge))
+            verdict = await asyncio.wait_for(read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX), timeout=attempt_s + 1)
+            handshake.check_accepted(verdict)
+        except asyncio.TimeoutError:
             writer.close()
             raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
                               "through another data center") from None

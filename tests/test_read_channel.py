@@ -17,19 +17,23 @@ from typing import Any
 
 import msgpack
 import pytest
+import ray
 
+from rayconf.actors import read_channel
 from rayconf.actors.read_channel import (
+    NONCE_BYTES,
     PROTOCOL,
     ReadChannelServer,
     error_fields,
     pack_frame,
     parse_read,
+    proof,
     parse_response,
     rebuild_error,
     response_fields,
 )
 from rayconf.clients.read_channel import AsyncReadChannels, ReadChannels
-from rayconf.errors import Compacted, InvalidRequest, PermissionDenied, RayconfError
+from rayconf.errors import Compacted, InvalidRequest, PermissionDenied, RayconfError, Unavailable
 from rayconf.store.codec import range_request_fields
 from rayconf.store.records import KeyValue, RangeRequest, RangeResponse
 
@@ -124,7 +128,8 @@ def test_blocking_reads_return_served_ranges(served: tuple[FakeStore, ReadChanne
     assert [kv.key for kv in replies[0]["response"].kvs] == [b"/app/a", b"/app/b"]
     assert replies[0]["response"].kvs[1] == KeyValue(b"/app/b", DATA[b"/app/b"], 2, 5, 3)
     assert replies[1]["response"].kvs[0].value == b"x"
-    assert replies[0]["age_ms"] == 4 and replies[0]["store"] == STORE
+    assert replies[0]["age_ms"] == 4
+    assert replies[0]["store"] == STORE
     assert fake.calls == [("serializable", 3, 250, 2.0, "token-1", 2)]
     assert server.counters["connections"] == 1
     # A second read reuses the connection.
@@ -138,7 +143,8 @@ def test_errors_keep_type_and_attributes(served: tuple[FakeStore, ReadChannelSer
     channels = _channels(server)
     with pytest.raises(Compacted) as caught:
         channels.read(STORE, [RangeRequest(b"/compacted")], "linearizable", 0, None, 2.0, None)
-    assert caught.value.compact_revision == 9 and caught.value.requested_revision == 3
+    assert caught.value.compact_revision == 9
+    assert caught.value.requested_revision == 3
     with pytest.raises(RayconfError, match="KeyError: 'a bug in the store'"):
         channels.read(STORE, [RangeRequest(b"/bug")], "linearizable", 0, None, 2.0, None)
     # The connection survives both errors.
@@ -148,22 +154,73 @@ def test_errors_keep_type_and_attributes(served: tuple[FakeStore, ReadChannelSer
     channels.close()
 
 
-def test_wrong_secret_is_rejected(served: tuple[FakeStore, ReadChannelServer]) -> None:
+def _handshake(connection: socket.socket, secret: bytes) -> Any:
+    """Run the client's half of the handshake with `secret`; return the store's verdict frame."""
+    client_nonce = b"n" * NONCE_BYTES
+    connection.sendall(pack_frame([PROTOCOL, client_nonce]))
+    challenge = _receive(connection)
+    assert challenge[:2] == [PROTOCOL, STORE]
+    connection.sendall(pack_frame([proof(secret, b"client", client_nonce, challenge[2])]))
+    return _receive(connection)
+
+
+def test_wrong_client_proof_is_rejected(served: tuple[FakeStore, ReadChannelServer]) -> None:
     _, server = served
     with _connect(server) as connection:
-        connection.sendall(pack_frame([PROTOCOL, b"\x00" * 32]))
-        rejection = _receive(connection)
+        rejection = _handshake(connection, b"guess" * 6)
         assert rejection[0] == PROTOCOL
         assert rejection[1] == ""
-        assert "rejected" in rejection[2]
+        assert "its proof does not match the store's secret" in rejection[2]
         assert _receive(connection) is None, "the store closes a rejected connection"
+    assert server.counters["rejected"] == 1
+    assert server.counters["connections"] == 0
+    assert _channels(server).read(STORE, [RangeRequest(b"/other")], "linearizable", 0, None, 2.0, None)
+
+
+def test_client_rejects_store_without_secret(served: tuple[FakeStore, ReadChannelServer]) -> None:
+    _, server = served
+    # To a client with another secret, the store is an impostor: its proof does not match.
     channels = ReadChannels(spec=None)  # type: ignore[arg-type]
     wrong = {**server.endpoint(), "secret": b"guess" * 6}  # type: ignore[dict-item]
     channels.endpoints.fetch = lambda store, timeout_s: wrong  # type: ignore[method-assign]
     assert channels.read(STORE, [RangeRequest(b"/other")], "linearizable", 0, None, 2.0, None) is None, \
-        "a rejected client reads over Ray"
-    assert server.counters["rejected"] == 3
+        "the client reads over Ray instead"
+    assert server.counters["connections"] == 0
+    assert server.counters["reads"] == 0, "no read, and so no token, went to the impostor"
+
+
+def test_silent_connection_is_closed(served: tuple[FakeStore, ReadChannelServer],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, server = served
+    monkeypatch.setattr(read_channel, "HANDSHAKE_TIMEOUT_S", 0.2)
+    with _connect(server) as connection:
+        assert _receive(connection) is None, "the store closes a connection without a handshake"
+    assert server.counters["rejected"] == 1
+
+
+def test_connections_above_limit_are_closed(served: tuple[FakeStore, ReadChannelServer],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _, server = served
+    monkeypatch.setattr(read_channel, "CONNECTIONS_MAX", 2)
+    with _connect(server) as first, _connect(server) as second:
+        secret = server.endpoint()["secret"]  # type: ignore[index]
+        assert _handshake(first, secret) == [PROTOCOL, "ok"]
+        assert _handshake(second, secret) == [PROTOCOL, "ok"]
+        with _connect(server) as third:
+            assert _receive(third) is None, "a third connection is closed at once"
+        assert server.counters["rejected"] == 1
+    time.sleep(0.2)
     assert _channels(server).read(STORE, [RangeRequest(b"/other")], "linearizable", 0, None, 2.0, None)
+
+
+def test_reply_above_limit_goes_over_ray(served: tuple[FakeStore, ReadChannelServer],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _, server = served
+    monkeypatch.setattr(read_channel, "REPLY_FRAME_BYTES_MAX", 40)
+    channels = _channels(server)
+    assert channels.read(STORE, [RangeRequest(b"/app/", b"/app0")], "linearizable", 0, None, 2.0, None) is None
+    small = channels.read(STORE, [RangeRequest(b"/missing")], "linearizable", 0, None, 2.0, None)
+    assert small is not None, "a reply within the limit still comes over the channel"
 
 
 @pytest.mark.parametrize("garbage", [
@@ -171,9 +228,10 @@ def test_wrong_secret_is_rejected(served: tuple[FakeStore, ReadChannelServer]) -
     struct.pack(">I", 3) + b"\xc1\xc1\xc1",        # bytes msgpack does not define
     pack_frame({"not": "a list"}),
     pack_frame([PROTOCOL]),
-], ids=["oversized", "not-msgpack", "map", "no-secret"])
-def test_garbage_hello_closes_one_connection(served: tuple[FakeStore, ReadChannelServer],
-                                                          garbage: bytes) -> None:
+    pack_frame([PROTOCOL, b"short nonce"]),
+    pack_frame([1, b"n" * NONCE_BYTES]),
+], ids=["oversized", "not-msgpack", "map", "no-nonce", "short-nonce", "old-protocol"])
+def test_garbage_hello_closes_one_connection(served: tuple[FakeStore, ReadChannelServer], garbage: bytes) -> None:
     _, server = served
     with _connect(server) as connection:
         connection.sendall(garbage)
@@ -187,8 +245,7 @@ def test_bad_read_frames_get_errors(served: tuple[FakeStore, ReadChannelServer])
     fake, server = served
     secret = server.endpoint()["secret"]  # type: ignore[index]
     with _connect(server) as connection:
-        connection.sendall(pack_frame([PROTOCOL, secret]))
-        assert _receive(connection) == [PROTOCOL, STORE]
+        assert _handshake(connection, secret) == [PROTOCOL, "ok"]
         good = range_request_fields(RangeRequest(b"/other"))
         frames = {
             1: [1, "linearizable", -1, None, 2.0, None, [good]],
@@ -294,6 +351,18 @@ def test_fields_round_trip() -> None:
     assert type(rebuild_error("SystemExit", "no", {"code": 1})) is RayconfError
 
 
+class ExpiredSession(Unavailable):
+    """A subclass that `rayconf.errors` does not define."""
+
+
+def test_error_fields_name_known_classes() -> None:
+    assert error_fields(ExpiredSession("gone"))[0] == "Unavailable", "the nearest rayconf class is named"
+    name, message, _ = error_fields(ray.exceptions.GetTimeoutError("the replica did not reply"))
+    assert name == "Unavailable", "a failed Ray call behind the store is retried, as on the Ray path"
+    assert "the replica did not reply" in message
+    assert error_fields(KeyError("bug"))[0] == "RayconfError"
+
+
 def test_parse_read_checks_fields() -> None:
     request = RangeRequest(b"/app/", b"/app0", limit=10, revision=4, keys_only=True)
     requests, arguments = parse_read([1, "serializable", 2, 100, 1.5, "t", [range_request_fields(request)]])
@@ -301,3 +370,21 @@ def test_parse_read_checks_fields() -> None:
     assert arguments == ("serializable", 2, 100, 1.5, "t")
     with pytest.raises(InvalidRequest, match="token"):
         parse_read([1, "serializable", 2, 100, 1.5, b"bytes token", [range_request_fields(request)]])
+
+
+def test_async_connections_belong_to_their_loop(served: tuple[FakeStore, ReadChannelServer]) -> None:
+    _, server = served
+    channels = AsyncReadChannels(spec=None)  # type: ignore[arg-type]
+    channels.endpoints._known[STORE] = server.endpoint()  # type: ignore[assignment]
+
+    async def read_then_close() -> Any:
+        replies = await channels.read(STORE, [RangeRequest(b"/other")], "linearizable", 0, None, 2.0, None)
+        await channels.close()
+        return replies
+    assert asyncio.run(read_then_close()) is not None
+    assert asyncio.run(read_then_close()) is not None
+    assert server.counters["connections"] == 2, "each event loop opens its own connection"
+    deadline = time.monotonic() + 5
+    while server._writers:
+        assert time.monotonic() < deadline, "close() left a connection open"
+        time.sleep(0.05)

@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 import ray
 
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
-from rayconf.actors.read_channel import PROTOCOL, pack_frame
+from rayconf.actors.read_channel import NONCE_BYTES, PROTOCOL, pack_frame, proof
 from rayconf.clients.async_client import AsyncClient
 from rayconf.clients.client import Client
 
@@ -98,12 +99,25 @@ def test_store_without_channel_uses_ray(spec: ClusterSpec) -> None:
 def test_store_rejects_wrong_secret(spec: ClusterSpec) -> None:
     host, port = _store_status(spec, "dc-c-s1")["read_channel"].rsplit(":", 1)
     assert host == "127.0.0.1", "the local cluster listens on loopback only"
+    client_nonce = b"n" * NONCE_BYTES
     with socket.create_connection((host, int(port)), timeout=5) as connection:
-        connection.sendall(pack_frame([PROTOCOL, b"not the secret"]))
-        received = b""
-        while part := connection.recv(4096):
-            received += part
-    assert b"rejected the read connection" in received
+        connection.sendall(pack_frame([PROTOCOL, client_nonce]))
+        challenge = _receive_frame(connection)
+        connection.sendall(pack_frame([proof(b"not the secret", b"client", client_nonce, challenge[2])]))
+        rejection = _receive_frame(connection)
+        assert connection.recv(1) == b"", "the store closes the connection"
+    assert rejection[1] == ""
+    assert "rejected the read connection" in rejection[2]
+    assert _store_status(spec, "dc-c-s1")["read_channel_rejected"] == 1
     client = Client(spec, data_center="dc-c")
-    client.put("/channel/after-refusal", b"ok")
-    assert client.get("/channel/after-refusal").value == b"ok"  # type: ignore[union-attr]
+    client.put("/channel/after-rejection", b"ok")
+    assert client.get("/channel/after-rejection").value == b"ok"  # type: ignore[union-attr]
+
+
+def _receive_frame(connection: socket.socket) -> Any:
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        part = connection.recv(4096)
+        assert part, "the store closed the connection early"
+        data += part
+    return msgpack.unpackb(data[4:], raw=False)
