@@ -235,7 +235,7 @@ def command_status(arguments: argparse.Namespace) -> int:
     for store, info in sorted(state.get("stores", {}).items()):
         print(f"{store:<12} {info.get('health', '?'):<12} {'store':<14} {'':>5} {'':>8} "
               f"{info.get('applied_index', '-'):>8} {info.get('revision', '-'):>9}   age {info.get('age_ms', '-')} ms"
-              f"{describe_lease(info)}")
+              f"{describe_lease(info)}{describe_channel(info)}")
     for hub, info in sorted(state.get("hubs", {}).items()):
         print(f"{hub:<12} {info.get('health', '?'):<12} {'watch hub':<14}")
     return 0 if state["leader"] else 1
@@ -247,6 +247,13 @@ def describe_lease(store_status: dict[str, Any]) -> str:
     if not remaining_ms:
         return ""
     return f", read lease from {store_status.get('lease_leader')} for {remaining_ms} ms"
+
+
+def describe_channel(store_status: dict[str, Any]) -> str:
+    """Return the status text of a store's read channel, or "" when it has none."""
+    if not store_status.get("read_channel"):
+        return ""
+    return f", reads on {store_status['read_channel']}"
 
 
 # --- Writes. ---

@@ -168,6 +168,8 @@ def test_status_lists_members(server: Server) -> None:
     # Stores renew their read leases every tenth of a second or so, so one
     # of them holds a lease at any moment the leader is known.
     assert f"read lease from {status['leader']}" in text
+    for store, info in status["stores"].items():
+        assert f", reads on {info['read_channel']}" in text, f"status names the read channel of {store}"
 
 
 def test_watch_prints_changes(server: Server) -> None:
