@@ -21,9 +21,9 @@ path. Frames are not encrypted, as Ray's calls are not by default, so the
 store opens no channel when Ray runs with TLS (`RAY_USE_TLS`).
 
 Protocol. Every frame is a 4-byte big-endian length and a msgpack body.
-- handshake: the client sends `[PROTOCOL, client_nonce]`; the store answers
+- handshake: the client sends `[PROTOCOL, client_nonce]`; the store replies
   `[PROTOCOL, store_name, store_nonce, store_proof]`; the client checks the
-  proof and sends `[client_proof]`; the store answers `[PROTOCOL, "ok"]`.
+  proof and sends `[client_proof]`; the store replies `[PROTOCOL, "ok"]`.
   A proof is `proof(secret, side, client_nonce, store_nonce)`. A store that
   rejects the connection sends `[PROTOCOL, "", message]` and closes it. A
   connection that has not finished the handshake within
@@ -86,15 +86,20 @@ REPLY_TOO_LARGE = "ReplyTooLarge"
 # A read frame carries one batch of requests, each with a key and a range
 # end of bounded length.
 READ_FRAME_BYTES_MAX = 16 * 1024 * 1024
-# A reply can hold a whole range of inline values.
-REPLY_FRAME_BYTES_MAX = 1024 * 1024 * 1024
-# Reads served at once on one connection, and on all of a store's
-# connections. At either limit the store reads no further frame from that
-# connection until a read finishes.
-CONNECTION_READS_IN_FLIGHT_MAX = 256
-STORE_READS_IN_FLIGHT_MAX = 1024
-# Requests in one read frame.
-READ_REQUESTS_MAX = 4096
+# A reply can hold a whole range of inline values. One above this size goes
+# back as a `REPLY_TOO_LARGE` error, and the client reads it over Ray.
+REPLY_FRAME_BYTES_MAX = 64 * 1024 * 1024
+# Allowance for the framing of one key-value pair when a reply's size is added up.
+KV_OVERHEAD_BYTES = 32
+# A client whose unread replies fill the socket buffer for this long is cut off.
+SEND_TIMEOUT_S = 10.0
+# Reads served at once on one connection. At the limit the store reads no
+# further frame from that connection until a read finishes.
+CONNECTION_READS_IN_FLIGHT_MAX = 64
+# Requests in one read frame, as many as the asyncio client puts in a batch.
+READ_REQUESTS_MAX = 256
+# Maximum wait that a read may request, in seconds.
+READ_TIMEOUT_S_MAX = 60.0
 
 # Serves a batch: (requests, consistency, min_revision, max_staleness_ms,
 # timeout_s, token) -> one reply dict per request, as `read_batch` returns.
@@ -106,6 +111,10 @@ class ChannelClosed(Exception):
     """The peer closed the connection or broke the protocol."""
 
 
+class _HandshakeFailed(ChannelClosed):
+    """A connection closed, or sent garbage, before it finished the handshake."""
+
+
 def pack_frame(body: object) -> bytes:
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return FRAME_HEADER.pack(len(data)) + data
@@ -114,7 +123,7 @@ def pack_frame(body: object) -> bytes:
 def unpack_body(data: bytes) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+    except (ValueError, TypeError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
             msgpack.exceptions.StackError) as error:
         raise ChannelClosed(f"a frame is not valid msgpack ({type(error).__name__})") from None
 
@@ -169,8 +178,8 @@ def error_fields(error: BaseException) -> list[Any]:
 
     The class named is the nearest one that `rayconf.errors` defines, so a
     subclass defined elsewhere keeps its base's meaning. A failed Ray call
-    behind the store becomes `Unavailable`, which clients retry, as they do
-    on the Ray path; any other unexpected error becomes a `RayconfError`.
+    behind the store becomes `Unavailable`, so clients retry it, as they do
+    on the Ray path. Any other unexpected error becomes a `RayconfError`.
     """
     if isinstance(error, RayconfError):
         attributes = {name: value for name, value in vars(error).items()
@@ -190,7 +199,7 @@ def rebuild_error(name: object, message: object, attributes: object) -> RayconfE
     error = kind(str(message))
     if isinstance(attributes, dict):
         for attribute, value in attributes.items():
-            if isinstance(attribute, str) and isinstance(value, _ATTRIBUTE_TYPES):
+            if isinstance(attribute, str) and not attribute.startswith("_") and isinstance(value, _ATTRIBUTE_TYPES):
                 setattr(error, attribute, value)
     return error
 
@@ -222,7 +231,6 @@ class ReadChannelServer:
         self.port = 0
         self.counters = {"connections": 0, "rejected": 0, "reads": 0}
         self._writers: set[asyncio.StreamWriter] = set()
-        self._reads = asyncio.Semaphore(STORE_READS_IN_FLIGHT_MAX)
         # Rejected connections since the last warning, and when that warning was logged.
         self._rejected_unlogged = 0
         self._rejection_logged_at = -REJECTION_LOG_INTERVAL_S
@@ -264,17 +272,31 @@ class ReadChannelServer:
             if accepted:
                 self.counters["connections"] += 1
                 await self._serve_connection(reader, writer)
+        except _HandshakeFailed as error:
+            self._reject(peer, str(error))
         except ChannelClosed as error:
             logger.debug("store %s: read connection from %s closed: %s", self.store, peer, error)
         except Exception:  # one bad connection must not stop the store
             logger.exception("store %s: read connection from %s failed", self.store, peer)
         finally:
             self._writers.discard(writer)
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # close() would wait to send the replies that the client does not read.
+                writer.transport.abort()
+            else:
+                writer.close()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> bool:
-        hello = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
-        if not (isinstance(hello, list) and len(hello) == 2 and hello[0] == PROTOCOL and _is_nonce(hello[1])):
+        """Run the store's half of the handshake; return whether the client proved it has the secret.
+
+        Raises `_HandshakeFailed` when the client closes or sends a frame that is not msgpack.
+        """
+        try:
+            hello = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        except ChannelClosed as error:
+            raise _HandshakeFailed(f"no hello: {error}") from None
+        if not (isinstance(hello, list) and len(hello) == 2 and type(hello[0]) is int and hello[0] == PROTOCOL
+                and _is_nonce(hello[1])):
             await self._send_rejection(writer, peer, f"its hello is not [{PROTOCOL}, nonce]")
             return False
         client_nonce = hello[1]
@@ -282,7 +304,10 @@ class ReadChannelServer:
         writer.write(pack_frame([PROTOCOL, self.store, store_nonce,
                                  proof(self.secret, b"store", client_nonce, store_nonce)]))
         await writer.drain()
-        answer = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        try:
+            answer = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        except ChannelClosed as error:
+            raise _HandshakeFailed(f"no proof: {error}") from None
         expected = proof(self.secret, b"client", client_nonce, store_nonce)
         if not (isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], bytes)
                 and hmac.compare_digest(answer[0], expected)):
@@ -304,8 +329,8 @@ class ReadChannelServer:
         self._rejected_unlogged += 1
         now = time.monotonic()
         if now - self._rejection_logged_at >= REJECTION_LOG_INTERVAL_S:
-            logger.warning("store %s rejected %d read connection(s) in the last %g s, the latest from %s: %s",
-                           self.store, self._rejected_unlogged, REJECTION_LOG_INTERVAL_S, peer, reason)
+            logger.warning("store %s rejected %d read connection(s) since its last such warning, the latest "
+                           "from %s: %s", self.store, self._rejected_unlogged, peer, reason)
             self._rejected_unlogged = 0
             self._rejection_logged_at = now
 
@@ -314,55 +339,56 @@ class ReadChannelServer:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
+                # A client that does not read its replies gets no further frame read.
+                try:
+                    await asyncio.wait_for(writer.drain(), SEND_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    raise ChannelClosed(f"the client read no reply for {SEND_TIMEOUT_S:g} s") from None
                 frame = await read_frame(reader, READ_FRAME_BYTES_MAX)
                 await in_flight.acquire()
-                await self._reads.acquire()
                 task = asyncio.ensure_future(self._serve_read(frame, writer))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: in_flight.release())
-                task.add_done_callback(lambda _: self._reads.release())
         finally:
             for task in tasks:
                 task.cancel()
 
     async def _serve_read(self, frame: object, writer: asyncio.StreamWriter) -> None:
-        if not (isinstance(frame, list) and len(frame) == 7 and type(frame[0]) is int):
-            writer.write(pack_frame([-1, False, "InvalidRequest",
-                                     "a read frame must be [read_id, consistency, min_revision, "
-                                     "max_staleness_ms, timeout_s, token, requests]", {}]))
-            return
-        read_id = frame[0]
+        read_id = frame[0] if isinstance(frame, list) and frame and type(frame[0]) is int else -1
         try:
+            if not (isinstance(frame, list) and len(frame) == 7 and read_id >= 0):
+                raise InvalidRequest("a read frame must be [read_id, consistency, min_revision, max_staleness_ms, "
+                                     "timeout_s, token, requests] with a non-negative integer read_id")
             requests, arguments = parse_read(frame)
             self.counters["reads"] += len(requests)
             replies = await self._serve_batch(requests, *arguments)
-            age_ms = replies[0]["age_ms"] if replies else 0
-            body: list[Any] = [read_id, True, age_ms, [response_fields(reply["response"]) for reply in replies]]
+            body = _reply_body(read_id, replies)
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # every failure goes back to the caller as a typed error
             if not isinstance(error, RayconfError):
                 logger.exception("store %s failed to serve read %d", self.store, read_id)
             body = [read_id, False, *error_fields(error)]
-        writer.write(_packed_reply(read_id, body))
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
+        if writer.is_closing():
+            return
+        writer.write(pack_frame(body))
 
 
-def _packed_reply(read_id: int, body: list[Any]) -> bytes:
-    """Pack a reply frame, or a `REPLY_TOO_LARGE` error when it would pass the limit."""
-    try:
-        packed = pack_frame(body)
-        size = len(packed)
-    except (ValueError, OverflowError):  # msgpack packs at most 4 GiB in one bin or array
-        size = -1
-    if 0 <= size - FRAME_HEADER.size <= REPLY_FRAME_BYTES_MAX:
-        return packed
-    return pack_frame([read_id, False, REPLY_TOO_LARGE,
-                       f"the reply is above the read channel's limit of {REPLY_FRAME_BYTES_MAX} bytes", {}])
+def _reply_body(read_id: int, replies: list[dict[str, Any]]) -> list[Any]:
+    """Return the reply frame's body, or a `REPLY_TOO_LARGE` error when the keys and values pass the limit.
+
+    The size is added up before anything is copied, so an oversized reply
+    costs no memory.
+    """
+    size_bytes = sum(len(kv.key) + len(kv.value) + KV_OVERHEAD_BYTES
+                     for reply in replies for kv in reply["response"].kvs)
+    if size_bytes > REPLY_FRAME_BYTES_MAX:
+        return [read_id, False, REPLY_TOO_LARGE,
+                f"the reply holds about {size_bytes} bytes of keys and values, above the read channel's limit "
+                f"of {REPLY_FRAME_BYTES_MAX} bytes", {}]
+    age_ms = replies[0]["age_ms"] if replies else 0
+    return [read_id, True, age_ms, [response_fields(reply["response"]) for reply in replies]]
 
 
 def parse_read(frame: list[Any]) -> tuple[list[RangeRequest], tuple[str, int, int | None, float, str | None]]:
@@ -374,8 +400,9 @@ def parse_read(frame: list[Any]) -> tuple[list[RangeRequest], tuple[str, int, in
         raise InvalidRequest(f"read min_revision {min_revision!r} is not a non-negative integer")
     if staleness_ms is not None and (type(staleness_ms) is not int or staleness_ms < 0):
         raise InvalidRequest(f"read max_staleness_ms {staleness_ms!r} is not a non-negative integer or None")
-    if type(timeout_s) not in (int, float) or not 0 < timeout_s <= 3600:
-        raise InvalidRequest(f"read timeout_s {timeout_s!r} is not a number of seconds in (0, 3600]")
+    if type(timeout_s) not in (int, float) or not 0 < timeout_s <= READ_TIMEOUT_S_MAX:
+        raise InvalidRequest(f"read timeout_s {timeout_s!r} is not a number of seconds in "
+                             f"(0, {READ_TIMEOUT_S_MAX:g}]")
     if token is not None and not isinstance(token, str):
         raise InvalidRequest(f"read token is {type(token).__name__}, expected a string or None")
     if not isinstance(requests, list) or not 0 < len(requests) <= READ_REQUESTS_MAX:

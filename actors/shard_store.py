@@ -114,8 +114,8 @@ class ShardStoreActor:
         self.own_blocked: set[tuple[str, str]] = set()
         # Reads that arrived since the ReadIndex call in flight started. Their
         # number is bounded by the actor's concurrent calls (Ray's
-        # max_concurrency for async actors) plus the read channel's limit
-        # (STORE_READS_IN_FLIGHT_MAX).
+        # max_concurrency for async actors) plus the read channel's reads
+        # (at most CONNECTION_READS_IN_FLIGHT_MAX per connection).
         self._index_waiters: list[asyncio.Future[int]] = []
         self._index_calls_running = False
         self.read_index_calls = 0
@@ -459,6 +459,7 @@ class ShardStoreActor:
     async def status(self) -> dict[str, Any]:
         return {
             "store": self.name,
+            "pid": os.getpid(),
             "data_center": self.data_center,
             "following": self.following,
             "applied_index": self.state.applied_index,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import time
 import uuid
@@ -27,6 +28,7 @@ from rayconf.clients.client import (
     _prefix_key,
     cas_failure,
     cas_guard,
+    check_min_revision,
     parse_consistency,
     to_key,
 )
@@ -82,7 +84,7 @@ class AsyncClient:
         self._token_source = token_source
         self.timeout_s = timeout_s
         self.principal = principal
-        self.data_center = data_center or spec.data_centers[0].name
+        self.data_center = data_center or os.environ.get("RAYCONF_DATA_CENTER") or spec.data_centers[0].name
         if self.data_center not in {dc.name for dc in spec.data_centers}:
             raise InvalidRequest(f"data center {self.data_center!r} is not in the cluster spec")
         self.session = session
@@ -180,6 +182,7 @@ class AsyncClient:
     async def range_request(self, request: RangeRequest, consistency: Consistency = "linearizable",
                             min_revision: int = 0) -> RangeResponse:
         mode, staleness_ms = parse_consistency(consistency)
+        check_min_revision(min_revision)
         if self.session:
             min_revision = max(min_revision, self.last_revision)
         stores = self.spec.stores_in(self.data_center)

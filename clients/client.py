@@ -77,6 +77,15 @@ def parse_consistency(consistency: Consistency) -> tuple[str, int | None]:
         raise InvalidRequest(f"consistency {consistency!r} is unknown; use one of {CONSISTENCIES} or a "
                              "staleness bound in milliseconds")
     return consistency, None
+
+
+def check_min_revision(min_revision: object) -> None:
+    """Raise `InvalidRequest` unless `min_revision` is an integer from 0 to 2**63 - 1."""
+    if type(min_revision) is not int or not 0 <= min_revision < 2**63:
+        raise InvalidRequest(f"min_revision {min_revision!r} is invalid; give a revision as an integer, "
+                             "or 0 for none")
+
+
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
 # A token this close to its expiry is renewed before the next call.
@@ -369,6 +378,7 @@ class Client:
 
     def _range_request(self, request: RangeRequest, consistency: Consistency, min_revision: int) -> RangeResponse:
         mode, staleness_ms = parse_consistency(consistency)
+        check_min_revision(min_revision)
         if self.session:
             min_revision = max(min_revision, self.last_revision)
         stores = self.spec.stores_in(self.data_center)

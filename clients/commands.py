@@ -67,9 +67,12 @@ def connect(arguments: argparse.Namespace) -> Client:
         try:
             join_ray(arguments.address, spec.namespace)
         except ConnectionError as error:
+            hint = ""
+            if arguments.address != "auto" and os.environ.get("RAY_AUTH_MODE") != "token":
+                hint = ". If Ray runs there with token authentication, set RAY_AUTH_MODE=token and retry"
             raise Unavailable(
                 f"no running Ray instance at {arguments.address!r} ({error}); start the cluster with "
-                "`rayconf serve` or `rayconf up`"
+                f"`rayconf serve` or `rayconf up`{hint}"
             ) from error
     password, token = credentials_of(arguments)
     return Client(spec, timeout_s=arguments.timeout, principal=arguments.user, user=arguments.user,

@@ -13,8 +13,12 @@ Both learn a store's endpoint with one Ray call and keep it while it works.
   client logs a warning and reads that store over Ray calls for
   `OVER_RAY_S`.
 - A store that has no channel names no endpoint, and the client reads it
-  over Ray calls for `OVER_RAY_S` before it asks again.
+  over Ray calls for `OVER_RAY_S` before it requests the endpoint again.
 - A reply too large for a frame sends that one read over Ray.
+- A read that gets no reply in time raises `Unavailable` naming the store,
+  and the store's reads go over Ray calls for `OVER_RAY_S`: a store whose
+  process is paused fails those too, but one whose channel alone is stuck
+  keeps serving.
 - A connection that breaks during a read raises `Unavailable` naming the
   store, which the clients' retry loops treat like a failed actor call. The
   blocking client first sends the read once more on a new connection when
@@ -53,7 +57,7 @@ from rayconf.actors.read_channel import (
     rebuild_error,
     unpack_body,
 )
-from rayconf.errors import Unavailable
+from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.store.codec import range_request_fields
 from rayconf.store.records import RangeRequest
 
@@ -68,8 +72,13 @@ logger = logging.getLogger(__name__)
 
 def read_frame_body(request_id: int, requests: list[RangeRequest], mode: str, min_revision: int,
                     staleness_ms: int | None, attempt_s: float, token: str | None) -> bytes:
-    return pack_frame([request_id, mode, min_revision, staleness_ms, attempt_s, token,
-                       [range_request_fields(request) for request in requests]])
+    """Pack a read frame; raise `InvalidRequest` for a field that msgpack cannot carry, such as 2**64."""
+    try:
+        return pack_frame([request_id, mode, min_revision, staleness_ms, attempt_s, token,
+                           [range_request_fields(request) for request in requests]])
+    except (OverflowError, TypeError, ValueError) as error:
+        raise InvalidRequest(f"cannot send the read {requests[0]!r:.200}: {type(error).__name__}: {error}. "
+                             "Give revision, limit and min_revision as integers from 0 to 2**64 - 1") from None
 
 
 def replies_of(store: str, reply: object) -> list[dict[str, Any]] | None:
@@ -210,8 +219,12 @@ class ReadChannels:
                 break
             except socket.timeout:
                 self._drop(store)
-                raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
-                                  "through another data center (Client(..., data_center=...))") from None
+                # The store may be busy on this channel only (a client that
+                # reads no replies fills it), so the retry goes over Ray.
+                error = Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
+                                    "through another data center (Client(..., data_center=...))")
+                self.endpoints.read_over_ray(store, error)
+                raise error from None
             except (OSError, ChannelClosed) as error:
                 self._drop(store)
                 if reused:
@@ -221,7 +234,7 @@ class ReadChannels:
                 raise Unavailable(f"the read connection to shard store {store} failed: {error}") from None
         if not (isinstance(reply, list) and reply and reply[0] == request_id):
             self._drop(store)
-            raise Unavailable(f"shard store {store} answered read {request_id} with another read's reply")
+            raise Unavailable(f"shard store {store} returned another read's reply for read {request_id}")
         try:
             return replies_of(store, reply)
         except ChannelClosed as error:
@@ -261,7 +274,7 @@ class ReadChannels:
 
         Raises `OSError` when no connection opens, `ChannelClosed` when the
         handshake fails, and `Unavailable` when the store accepted the
-        connection but did not answer in time (its process may be paused).
+        connection but did not reply in time (its process may be paused).
         """
         connection = socket.create_connection((endpoint["host"], endpoint["port"]),
                                               timeout=min(CONNECT_TIMEOUT_S, attempt_s))
@@ -371,16 +384,19 @@ class AsyncReadChannels:
         if connection is None:
             return None
         request_id = next(self._ids)
+        frame = read_frame_body(request_id, requests, mode, min_revision, staleness_ms, attempt_s, token)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         connection.waiting[request_id] = waiter
-        connection.writer.write(read_frame_body(request_id, requests, mode, min_revision, staleness_ms,
-                                                attempt_s, token))
+        connection.writer.write(frame)
         try:
             reply = await asyncio.wait_for(waiter, timeout=attempt_s + 1)
         except asyncio.TimeoutError:
             connection.waiting.pop(request_id, None)
-            raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
-                              "through another data center") from None
+            # As in `ReadChannels.read`: the retry goes over Ray.
+            error = Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
+                                "through another data center")
+            self.endpoints.read_over_ray(store, error)
+            raise error from None
         try:
             return replies_of(store, reply)
         except ChannelClosed as error:

@@ -32,7 +32,8 @@ from rayconf.actors.read_channel import (
     rebuild_error,
     response_fields,
 )
-from rayconf.clients.read_channel import AsyncReadChannels, ReadChannels
+from rayconf.clients.client import check_min_revision
+from rayconf.clients.read_channel import AsyncReadChannels, ReadChannels, read_frame_body
 from rayconf.errors import Compacted, InvalidRequest, PermissionDenied, RayconfError, Unavailable
 from rayconf.store.codec import range_request_fields
 from rayconf.store.records import KeyValue, RangeRequest, RangeResponse
@@ -237,6 +238,10 @@ def test_garbage_hello_closes_one_connection(served: tuple[FakeStore, ReadChanne
         connection.sendall(garbage)
         while _receive(connection) is not None:
             pass
+    deadline = time.monotonic() + 5
+    while server.counters["rejected"] == 0:
+        assert time.monotonic() < deadline, "the rejected connection was not counted"
+        time.sleep(0.01)
     replies = _channels(server).read(STORE, [RangeRequest(b"/other")], "linearizable", 0, None, 2.0, None)
     assert replies is not None and replies[0]["response"].count == 1
 
@@ -388,3 +393,45 @@ def test_async_connections_belong_to_their_loop(served: tuple[FakeStore, ReadCha
     while server._writers:
         assert time.monotonic() < deadline, "close() left a connection open"
         time.sleep(0.05)
+
+
+def test_client_reading_no_replies_is_cut_off(served: tuple[FakeStore, ReadChannelServer],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _, server = served
+    monkeypatch.setattr(read_channel, "SEND_TIMEOUT_S", 0.3)
+    request = range_request_fields(RangeRequest(b"/app/", b"/app0"))
+    frames = pack_frame([1, "linearizable", 0, None, 2.0, None, [request]]) * 64
+    with _connect(server) as greedy:
+        assert _handshake(greedy, server.endpoint()["secret"]) == [PROTOCOL, "ok"]  # type: ignore[index]
+        greedy.setblocking(False)
+        cut_off = False
+        deadline = time.monotonic() + 30
+        while not cut_off and time.monotonic() < deadline:
+            try:
+                greedy.send(frames)
+            except BlockingIOError:
+                time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                cut_off = True
+        assert cut_off, "the store kept a connection whose replies were not read"
+    replies = _channels(server).read(STORE, [RangeRequest(b"/other")], "linearizable", 0, None, 2.0, None)
+    assert replies is not None, "other clients are still served"
+
+
+def test_read_without_reply_in_time_goes_over_ray(served: tuple[FakeStore, ReadChannelServer]) -> None:
+    fake, server = served
+    fake.release.clear()
+    channels = _channels(server)
+    with pytest.raises(Unavailable, match=f"shard store {STORE} did not reply within 1.2 s"):
+        channels.read(STORE, [RangeRequest(b"/slow")], "linearizable", 0, None, 0.2, None)
+    fake.release.set()
+    assert channels.endpoints.cached(STORE) == (True, None), "the next reads go over Ray"
+
+
+def test_unpackable_read_fields_raise_invalid_request() -> None:
+    with pytest.raises(InvalidRequest, match="integers from 0 to 2"):
+        read_frame_body(1, [RangeRequest(b"/k", revision=2**64)], "linearizable", 0, None, 1.0, None)
+    for bad in (-1, True, 1.5, 2**63):
+        with pytest.raises(InvalidRequest, match="min_revision"):
+            check_min_revision(bad)
+    check_min_revision(0)
