@@ -8,6 +8,7 @@ asyncio client sides connect to it as they would to a store.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import threading
@@ -299,6 +300,8 @@ def test_replies_arrive_in_finishing_order(served: tuple[FakeStore, ReadChannelS
 def test_unreachable_channel_falls_back_to_ray(served: tuple[FakeStore, ReadChannelServer], form: str,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     _, server = served
+    # Other test modules raise the "rayconf" logger's level, so this test sets its own.
+    caplog.set_level(logging.WARNING, logger="rayconf.clients.read_channel")
     channels: ReadChannels | AsyncReadChannels = ReadChannels(spec=None) if form == "blocking" else \
         AsyncReadChannels(spec=None)  # type: ignore[arg-type]
     dead = {**server.endpoint(), "port": _unused_port()}  # type: ignore[dict-item]
