@@ -339,11 +339,13 @@ class ReadChannelServer:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
-                # A client that does not read its replies gets no further frame read.
-                try:
-                    await asyncio.wait_for(writer.drain(), SEND_TIMEOUT_S)
-                except asyncio.TimeoutError:
-                    raise ChannelClosed(f"the client read no reply for {SEND_TIMEOUT_S:g} s") from None
+                # A client that does not read its replies gets no further frame
+                # read. The check costs nothing while no reply waits to be sent.
+                if writer.transport.get_write_buffer_size():
+                    try:
+                        await asyncio.wait_for(writer.drain(), SEND_TIMEOUT_S)
+                    except asyncio.TimeoutError:
+                        raise ChannelClosed(f"the client read no reply for {SEND_TIMEOUT_S:g} s") from None
                 frame = await read_frame(reader, READ_FRAME_BYTES_MAX)
                 await in_flight.acquire()
                 task = asyncio.ensure_future(self._serve_read(frame, writer))
