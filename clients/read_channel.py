@@ -129,6 +129,11 @@ class _Handshake:
             raise ChannelClosed(f"store {self.store} did not accept the read connection: {_detail(verdict)}")
 
 
+def _no_reply(store: str, wait_s: float) -> Unavailable:
+    return Unavailable(f"shard store {store} did not reply within {wait_s:g} s; retry, or read through another "
+                       "data center (Client(..., data_center=...))")
+
+
 def _detail(frame: object) -> str:
     if isinstance(frame, list) and len(frame) == 3 and frame[1] == "":
         return str(frame[2])
@@ -221,8 +226,7 @@ class ReadChannels:
                 self._drop(store)
                 # The store may be busy on this channel only (a client that
                 # reads no replies fills it), so the retry goes over Ray.
-                error = Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
-                                    "through another data center (Client(..., data_center=...))")
+                error = _no_reply(store, attempt_s + 1)
                 self.endpoints.read_over_ray(store, error)
                 raise error from None
             except (OSError, ChannelClosed) as error:
@@ -287,8 +291,7 @@ class ReadChannels:
             handshake.check_accepted(_receive(connection, HANDSHAKE_FRAME_BYTES_MAX))
         except socket.timeout:
             connection.close()
-            raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
-                              "through another data center (Client(..., data_center=...))") from None
+            raise _no_reply(store, attempt_s + 1) from None
         except BaseException:
             connection.close()
             raise
@@ -393,8 +396,7 @@ class AsyncReadChannels:
         except asyncio.TimeoutError:
             connection.waiting.pop(request_id, None)
             # As in `ReadChannels.read`: the retry goes over Ray.
-            error = Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
-                                "through another data center")
+            error = _no_reply(store, attempt_s + 1)
             self.endpoints.read_over_ray(store, error)
             raise error from None
         try:
@@ -462,8 +464,7 @@ class AsyncReadChannels:
             handshake.check_accepted(verdict)
         except asyncio.TimeoutError:
             writer.close()
-            raise Unavailable(f"shard store {store} did not reply within {attempt_s + 1:g} s; retry, or read "
-                              "through another data center") from None
+            raise _no_reply(store, attempt_s + 1) from None
         except BaseException:
             writer.close()
             raise
