@@ -4,7 +4,7 @@ Why. A Ray actor call crosses several threads in each process (the caller's
 core worker, gRPC pollers, the actor's task thread), and each hand-off waits
 for a CPU. On an idle 2-core machine a call costs about 0.8 ms. While the
 cores hashed and fsynced large puts, a bare Ray call to an idle actor had a
-p99 of 35 to 70 ms. In the same runs a socket round trip between two plain
+p99 of 35 to 96 ms. In the same runs a socket round trip between two plain
 processes stayed near 1 ms, and a TCP round trip into the event loop of a
 Ray actor near 5 ms. Small reads need a short tail most, so stores also
 serve them on a socket.
