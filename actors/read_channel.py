@@ -89,9 +89,12 @@ READ_FRAME_BYTES_MAX = 16 * 1024 * 1024
 # A reply can hold a whole range of inline values. One above this size goes
 # back as a `REPLY_TOO_LARGE` error, and the client reads it over Ray.
 REPLY_FRAME_BYTES_MAX = 64 * 1024 * 1024
-# Allowance for the framing of one key-value pair when a reply's size is added up.
+# Allowances for the framing of one key-value pair and of one response when
+# a reply's size is added up, and a margin kept below the limit for the rest.
 KV_OVERHEAD_BYTES = 32
-# A client whose unread replies fill the socket buffer for this long is cut off.
+RESPONSE_OVERHEAD_BYTES = 64
+REPLY_MARGIN_BYTES = 64 * 1024
+# A client whose unsent replies do not shrink for this long is cut off.
 SEND_TIMEOUT_S = 10.0
 # Reads served at once on one connection. At the limit the store reads no
 # further frame from that connection until a read finishes.
@@ -336,19 +339,16 @@ class ReadChannelServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         in_flight = asyncio.Semaphore(CONNECTION_READS_IN_FLIGHT_MAX)
+        # One reply is packed and written at a time, once the previous ones
+        # have left the buffer, so a client that reads slowly costs the store
+        # at most one packed reply.
+        send_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
-                # A client that does not read its replies gets no further frame
-                # read. The check costs nothing while no reply waits to be sent.
-                if writer.transport.get_write_buffer_size():
-                    try:
-                        await asyncio.wait_for(writer.drain(), SEND_TIMEOUT_S)
-                    except asyncio.TimeoutError:
-                        raise ChannelClosed(f"the client read no reply for {SEND_TIMEOUT_S:g} s") from None
                 frame = await read_frame(reader, READ_FRAME_BYTES_MAX)
                 await in_flight.acquire()
-                task = asyncio.ensure_future(self._serve_read(frame, writer))
+                task = asyncio.ensure_future(self._serve_read(frame, writer, send_lock))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: in_flight.release())
@@ -356,7 +356,7 @@ class ReadChannelServer:
             for task in tasks:
                 task.cancel()
 
-    async def _serve_read(self, frame: object, writer: asyncio.StreamWriter) -> None:
+    async def _serve_read(self, frame: object, writer: asyncio.StreamWriter, send_lock: asyncio.Lock) -> None:
         read_id = frame[0] if isinstance(frame, list) and frame and type(frame[0]) is int else -1
         try:
             if not (isinstance(frame, list) and len(frame) == 7 and read_id >= 0):
@@ -372,9 +372,31 @@ class ReadChannelServer:
             if not isinstance(error, RayconfError):
                 logger.exception("store %s failed to serve read %d", self.store, read_id)
             body = [read_id, False, *error_fields(error)]
-        if writer.is_closing():
-            return
-        writer.write(pack_frame(body))
+        async with send_lock:
+            if writer.is_closing():
+                return
+            if not await _drained(writer):
+                logger.warning("store %s cut off a read connection from %s: its client read no reply for %g s",
+                               self.store, writer.get_extra_info("peername"), SEND_TIMEOUT_S)
+                writer.transport.abort()
+                return
+            writer.write(pack_frame(body))
+
+
+async def _drained(writer: asyncio.StreamWriter) -> bool:
+    """Wait until the write buffer is below its limit; return False when it did not shrink for `SEND_TIMEOUT_S`."""
+    size = writer.transport.get_write_buffer_size()
+    while True:
+        try:
+            await asyncio.wait_for(writer.drain(), SEND_TIMEOUT_S)
+            return True
+        except ConnectionError:
+            return False
+        except asyncio.TimeoutError:
+            shrunk_to = writer.transport.get_write_buffer_size()
+            if shrunk_to >= size:
+                return False
+            size = shrunk_to
 
 
 def _reply_body(read_id: int, replies: list[dict[str, Any]]) -> list[Any]:
@@ -385,7 +407,8 @@ def _reply_body(read_id: int, replies: list[dict[str, Any]]) -> list[Any]:
     """
     size_bytes = sum(len(kv.key) + len(kv.value) + KV_OVERHEAD_BYTES
                      for reply in replies for kv in reply["response"].kvs)
-    if size_bytes > REPLY_FRAME_BYTES_MAX:
+    size_bytes += sum(len(reply["response"].next_key) + RESPONSE_OVERHEAD_BYTES for reply in replies)
+    if size_bytes > REPLY_FRAME_BYTES_MAX - REPLY_MARGIN_BYTES:
         return [read_id, False, REPLY_TOO_LARGE,
                 f"the reply holds about {size_bytes} bytes of keys and values, above the read channel's limit "
                 f"of {REPLY_FRAME_BYTES_MAX} bytes", {}]

@@ -16,7 +16,7 @@ Both learn a store's endpoint with one Ray call and keep it while it works.
   over Ray calls for `OVER_RAY_S` before it requests the endpoint again.
 - A reply too large for a frame sends that one read over Ray.
 - A read that gets no reply in time raises `Unavailable` naming the store,
-  and the store's reads go over Ray calls for `OVER_RAY_S`: a store whose
+  and the store's reads go over Ray calls for `OVER_RAY_S`. A store whose
   process is paused fails those too, but one whose channel alone is stuck
   keeps serving.
 - A connection that breaks during a read raises `Unavailable` naming the
@@ -250,6 +250,10 @@ class ReadChannels:
         connections: dict[str, socket.socket] = self._local.__dict__.setdefault("connections", {})
         connection = connections.get(store)
         if connection is not None:
+            if self.endpoints.cached(store) == (True, None):
+                # Another thread sent this store's reads over Ray; this thread follows.
+                self._drop(store)
+                return None, False
             return connection, True
         failed: dict[str, Any] | None = None
         error: BaseException | None = None
@@ -374,7 +378,7 @@ class AsyncReadChannels:
 
     def __init__(self, spec: ClusterSpec) -> None:
         self.endpoints = _Endpoints(spec)
-        # Connections belong to the loop that opened them; a closed loop's entry goes with it.
+        # Connections belong to the loop that opened them; a closed loop's entry is removed.
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = \
             weakref.WeakKeyDictionary()
         self._ids = itertools.count(1)
@@ -388,15 +392,18 @@ class AsyncReadChannels:
             return None
         request_id = next(self._ids)
         frame = read_frame_body(request_id, requests, mode, min_revision, staleness_ms, attempt_s, token)
+        if connection.closed:
+            raise Unavailable(f"the read connection to shard store {store} closed as it opened; retry")
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         connection.waiting[request_id] = waiter
         connection.writer.write(frame)
         try:
             reply = await asyncio.wait_for(waiter, timeout=attempt_s + 1)
         except asyncio.TimeoutError:
-            connection.waiting.pop(request_id, None)
-            # As in `ReadChannels.read`: the retry goes over Ray.
+            # As in `ReadChannels.read`: the retry goes over Ray, and the
+            # connection, which may be stuck, is closed.
             error = _no_reply(store, attempt_s + 1)
+            connection.close(error)
             self.endpoints.read_over_ray(store, error)
             raise error from None
         try:
@@ -415,8 +422,16 @@ class AsyncReadChannels:
             connection.task.cancel()
 
     async def _connection(self, store: str, attempt_s: float) -> _AsyncConnection | None:
-        connections = self._loops.setdefault(asyncio.get_running_loop(), _LoopConnections())
+        loop = asyncio.get_running_loop()
+        for old in [old for old in self._loops if old.is_closed()]:
+            # Its connections refer to it, so the weak key alone would keep it.
+            del self._loops[old]
+        connections = self._loops.setdefault(loop, _LoopConnections())
         connection = connections.open.get(store)
+        if connection is not None and self.endpoints.cached(store) == (True, None):
+            connection.close(ChannelClosed("the store's reads go over Ray for a while"))
+            del connections.open[store]
+            return None
         if connection is not None and not connection.closed:
             return connection
         opening = connections.opening.get(store)
@@ -425,6 +440,10 @@ class AsyncReadChannels:
             connections.opening[store] = opening
             opening.add_done_callback(lambda _: connections.opening.pop(store, None))
         opened = await asyncio.shield(opening)
+        if opened is not None and self._loops.get(loop) is not connections:
+            # close() ran while the connection opened.
+            opened.close(ChannelClosed("the client closed it"))
+            return None
         if opened is not None:
             connections.open[store] = opened
         return opened

@@ -218,7 +218,8 @@ def test_connections_above_limit_are_closed(served: tuple[FakeStore, ReadChannel
 def test_reply_above_limit_goes_over_ray(served: tuple[FakeStore, ReadChannelServer],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     _, server = served
-    monkeypatch.setattr(read_channel, "REPLY_FRAME_BYTES_MAX", 40)
+    monkeypatch.setattr(read_channel, "REPLY_FRAME_BYTES_MAX", 100)
+    monkeypatch.setattr(read_channel, "REPLY_MARGIN_BYTES", 0)
     channels = _channels(server)
     assert channels.read(STORE, [RangeRequest(b"/app/", b"/app0")], "linearizable", 0, None, 2.0, None) is None
     small = channels.read(STORE, [RangeRequest(b"/missing")], "linearizable", 0, None, 2.0, None)
@@ -438,3 +439,17 @@ def test_unpackable_read_fields_raise_invalid_request() -> None:
         with pytest.raises(InvalidRequest, match="min_revision"):
             check_min_revision(bad)
     check_min_revision(0)
+
+
+def test_async_timeout_sends_next_reads_over_ray(served: tuple[FakeStore, ReadChannelServer]) -> None:
+    fake, server = served
+    fake.release.clear()
+    channels = AsyncReadChannels(spec=None)  # type: ignore[arg-type]
+    channels.endpoints._known[STORE] = server.endpoint()  # type: ignore[assignment]
+
+    async def scenario() -> Any:
+        with pytest.raises(Unavailable, match=f"shard store {STORE} did not reply within 1.2 s"):
+            await channels.read(STORE, [RangeRequest(b"/slow")], "linearizable", 0, None, 0.2, None)
+        return await channels.read(STORE, [RangeRequest(b"/other")], "linearizable", 0, None, 2.0, None)
+    assert asyncio.run(scenario()) is None, "the read after a timeout goes over Ray, not on the stuck connection"
+    fake.release.set()
