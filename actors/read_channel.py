@@ -31,11 +31,12 @@ Protocol. Every frame is a 4-byte big-endian length and a msgpack body.
 - read, client to store: `[read_id, consistency, min_revision,
   max_staleness_ms or None, timeout_s, token or None, [range request, ...]]`,
   the requests as `store.codec.range_request_fields` writes them.
-- reply: `[read_id, True, age_ms, [response, ...]]`, each response
-  `[kvs, count, more, revision, next_key]` and each kv `[key, value,
-  create_revision, mod_revision, version]`; or `[read_id, False,
-  error_class, message, attributes]` with a `rayconf.errors` class name, or
-  `REPLY_TOO_LARGE` for a reply above the frame limit.
+- reply: `[read_id, True, age_ms, [response, ...]]`. Each response is
+  `[kvs, count, more, revision, next_key]`, and each kv is `[key, value,
+  create_revision, mod_revision, version]`.
+- error reply: `[read_id, False, error_class, message, attributes]`, with a
+  `rayconf.errors` class name, or `REPLY_TOO_LARGE` for a reply above the
+  frame limit.
 
 A connection carries any number of reads at once, up to the limits below;
 replies come back in the order they finish, matched by `read_id`. Nothing
@@ -339,9 +340,9 @@ class ReadChannelServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         in_flight = asyncio.Semaphore(CONNECTION_READS_IN_FLIGHT_MAX)
-        # One reply is packed and written at a time, once the previous ones
-        # have left the buffer, so a client that reads slowly costs the store
-        # at most one packed reply.
+        # One reply is packed and written at a time, once the buffer is below
+        # its high-water mark, so a client that reads slowly costs the store
+        # about one packed reply more than that mark.
         send_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -376,8 +377,8 @@ class ReadChannelServer:
             if writer.is_closing():
                 return
             if not await _drained(writer):
-                logger.warning("store %s cut off a read connection from %s: its client read no reply for %g s",
-                               self.store, writer.get_extra_info("peername"), SEND_TIMEOUT_S)
+                logger.warning("store %s cut off a read connection from %s: its unsent replies did not shrink "
+                               "for %g s", self.store, writer.get_extra_info("peername"), SEND_TIMEOUT_S)
                 writer.transport.abort()
                 return
             writer.write(pack_frame(body))

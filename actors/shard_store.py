@@ -181,7 +181,7 @@ class ShardStoreActor:
         try:
             await self.channel.start(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
         except OSError as error:
-            # Clients then read over Ray actor calls, as before the channel existed.
+            # Clients then read this store over Ray actor calls.
             logger.error("store %s could not open its read channel (%s); reads go over Ray calls only",
                          self.name, error)
 

@@ -121,7 +121,7 @@ class _Handshake:
         store_nonce = challenge[2]
         expected = proof(self.secret, b"store", self.client_nonce, store_nonce)
         if not hmac.compare_digest(challenge[3], expected):
-            raise ChannelClosed(f"the process at the endpoint of store {self.store} does not know its secret")
+            raise ChannelClosed(f"the process at the endpoint of store {self.store} does not have its secret")
         return pack_frame([proof(self.secret, b"client", self.client_nonce, store_nonce)])
 
     def check_accepted(self, verdict: object) -> None:
@@ -152,7 +152,7 @@ class _Endpoints:
         self._lock = threading.Lock()
 
     def cached(self, store: str) -> tuple[bool, dict[str, Any] | None]:
-        """Return whether the client knows what to do for `store`, and the endpoint (None: read over Ray)."""
+        """Return whether `store` has a cached entry, and its endpoint (None: read over Ray)."""
         with self._lock:
             until = self._over_ray_until.get(store)
             if until is not None:
@@ -181,8 +181,8 @@ class _Endpoints:
         try:
             endpoint = ray.get(handle.read_channel.remote(), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise Unavailable(f"shard store {store} did not reply within {timeout_s:g} s when asked for its read "
-                              "channel; retry, or read through another data center "
+            raise Unavailable(f"shard store {store} did not reply within {timeout_s:g} s to a request for its "
+                              "read channel; retry, or read through another data center "
                               "(Client(..., data_center=...))") from None
         found: dict[str, Any] | None = endpoint
         return found
@@ -258,7 +258,7 @@ class ReadChannels:
         failed: dict[str, Any] | None = None
         error: BaseException | None = None
         # A cached endpoint may be stale (the store restarted), so after a
-        # failure the store is asked for its endpoint once more.
+        # failure the client requests its endpoint once more.
         for _ in range(2):
             endpoint = self.endpoints.get(store, attempt_s)
             if endpoint is None:
@@ -451,7 +451,7 @@ class AsyncReadChannels:
     async def _open(self, store: str, attempt_s: float) -> _AsyncConnection | None:
         failed: dict[str, Any] | None = None
         error: BaseException | None = None
-        # As in `ReadChannels._connection`: a failed endpoint is asked for once more.
+        # As in `ReadChannels._connection`: after a failure the endpoint is requested once more.
         for _ in range(2):
             known, endpoint = self.endpoints.cached(store)
             if not known:

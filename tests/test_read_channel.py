@@ -267,8 +267,10 @@ def test_bad_read_frames_get_errors(served: tuple[FakeStore, ReadChannelServer])
         replies = {reply[0]: reply for reply in (_receive(connection) for _ in frames)}
         assert sorted(replies) == sorted(frames)
         for read_id, reply in replies.items():
-            assert reply[1] is False and reply[2] == "InvalidRequest", (read_id, reply)
-        assert "min_revision -1" in replies[1][3] and "timeout_s 0" in replies[2][3]
+            assert reply[1] is False, (read_id, reply)
+            assert reply[2] == "InvalidRequest", (read_id, reply)
+        assert "min_revision -1" in replies[1][3]
+        assert "timeout_s 0" in replies[2][3]
         assert "range key" in replies[4][3]
         connection.sendall(pack_frame("no list"))
         assert _receive(connection)[:3] == [-1, False, "InvalidRequest"]
@@ -354,7 +356,9 @@ def test_fields_round_trip() -> None:
     assert parse_response(msgpack.unpackb(msgpack.packb(response_fields(response)))) == response
     denied = PermissionDenied("user bob may not read /app", user="bob", right="read")
     rebuilt = rebuild_error(*error_fields(denied))
-    assert isinstance(rebuilt, PermissionDenied) and rebuilt.user == "bob" and rebuilt.right == "read"
+    assert isinstance(rebuilt, PermissionDenied)
+    assert rebuilt.user == "bob"
+    assert rebuilt.right == "read"
     assert str(rebuilt) == str(denied)
     # A name that is not a rayconf error class comes back as the base class.
     assert type(rebuild_error("SystemExit", "no", {"code": 1})) is RayconfError
