@@ -220,11 +220,55 @@ def _is_nonce(value: object) -> bool:
     return isinstance(value, bytes) and len(value) == NONCE_BYTES
 
 
+class ClientHandshake:
+    """The client's half of the handshake: a nonce out, the server's proof checked, the client's proof back.
+
+    `name` is the server's member name, which its challenge must carry, and
+    `role` the word for it in messages ("store", or "replica" for an index channel).
+    """
+
+    def __init__(self, name: str, secret: bytes, role: str = "store") -> None:
+        self.name = name
+        self.role = role
+        self.secret = secret
+        self.client_nonce = secrets.token_bytes(NONCE_BYTES)
+
+    def hello(self) -> bytes:
+        return pack_frame([PROTOCOL, self.client_nonce])
+
+    def answer(self, challenge: object) -> bytes:
+        """Check the server's proof in `challenge` and return the client's proof; raise `ChannelClosed` if wrong."""
+        if not (isinstance(challenge, list) and len(challenge) == 4 and challenge[0] == PROTOCOL
+                and challenge[1] == self.name and isinstance(challenge[2], bytes)
+                and isinstance(challenge[3], bytes)):
+            raise ChannelClosed(f"{self.role} {self.name} did not accept the connection: {_detail(challenge)}")
+        server_nonce = challenge[2]
+        expected = proof(self.secret, b"store", self.client_nonce, server_nonce)
+        if not hmac.compare_digest(challenge[3], expected):
+            raise ChannelClosed(f"the process at the endpoint of {self.role} {self.name} does not have its secret")
+        return pack_frame([proof(self.secret, b"client", self.client_nonce, server_nonce)])
+
+    def check_accepted(self, verdict: object) -> None:
+        if verdict != [PROTOCOL, "ok"]:
+            raise ChannelClosed(f"{self.role} {self.name} did not accept the connection: {_detail(verdict)}")
+
+
+def _detail(frame: object) -> str:
+    if isinstance(frame, list) and len(frame) == 3 and frame[1] == "":
+        return str(frame[2])
+    return f"unexpected frame {frame!r:.200}"
+
+
 # --- The store's side. ---
 
 
 class ReadChannelServer:
     """The listening socket of one store and the connections it accepted."""
+
+    # Words for messages and logs; the index channel of a replica has its own.
+    ROLE = "store"
+    CONNECTION = "read connection"
+    ENDPOINT_CALL = "ShardStoreActor.read_channel"
 
     def __init__(self, store: str, serve_batch: ServeBatch) -> None:
         self.store = store
@@ -243,7 +287,7 @@ class ReadChannelServer:
         self._server = await asyncio.start_server(self._connection, host, 0)
         self.host = host
         self.port = self._server.sockets[0].getsockname()[1]
-        logger.info("store %s serves reads on %s:%d", self.store, host, self.port)
+        logger.info("%s %s serves its %ss on %s:%d", self.ROLE, self.store, self.CONNECTION, host, self.port)
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
@@ -263,7 +307,7 @@ class ReadChannelServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         if len(self._writers) >= CONNECTIONS_MAX:
-            self._reject(peer, f"the store already has {CONNECTIONS_MAX} read connections")
+            self._reject(peer, f"the {self.ROLE} already has {CONNECTIONS_MAX} {self.CONNECTION}s")
             writer.close()
             return
         self._writers.add(writer)
@@ -279,9 +323,9 @@ class ReadChannelServer:
         except _HandshakeFailed as error:
             self._reject(peer, str(error))
         except ChannelClosed as error:
-            logger.debug("store %s: read connection from %s closed: %s", self.store, peer, error)
-        except Exception:  # one bad connection must not stop the store
-            logger.exception("store %s: read connection from %s failed", self.store, peer)
+            logger.debug("%s %s: %s from %s closed: %s", self.ROLE, self.store, self.CONNECTION, peer, error)
+        except Exception:  # one bad connection must not stop the server
+            logger.exception("%s %s: %s from %s failed", self.ROLE, self.store, self.CONNECTION, peer)
         finally:
             self._writers.discard(writer)
             if writer.transport.get_write_buffer_size():
@@ -315,7 +359,7 @@ class ReadChannelServer:
         expected = proof(self.secret, b"client", client_nonce, store_nonce)
         if not (isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], bytes)
                 and hmac.compare_digest(answer[0], expected)):
-            await self._send_rejection(writer, peer, "its proof does not match the store's secret")
+            await self._send_rejection(writer, peer, f"its proof does not match the {self.ROLE}'s secret")
             return False
         writer.write(pack_frame([PROTOCOL, "ok"]))
         await writer.drain()
@@ -323,8 +367,8 @@ class ReadChannelServer:
 
     async def _send_rejection(self, writer: asyncio.StreamWriter, peer: Any, reason: str) -> None:
         self._reject(peer, reason)
-        writer.write(pack_frame([PROTOCOL, "", f"store {self.store} rejected the read connection: {reason}. "
-                                 "Ask the store for its read channel again (ShardStoreActor.read_channel)"]))
+        writer.write(pack_frame([PROTOCOL, "", f"{self.ROLE} {self.store} rejected the {self.CONNECTION}: "
+                                 f"{reason}. Ask for its endpoint again ({self.ENDPOINT_CALL})"]))
         await writer.drain()
 
     def _reject(self, peer: Any, reason: str) -> None:
@@ -333,8 +377,8 @@ class ReadChannelServer:
         self._rejected_unlogged += 1
         now = time.monotonic()
         if now - self._rejection_logged_at >= REJECTION_LOG_INTERVAL_S:
-            logger.warning("store %s rejected %d read connection(s) since its last such warning, the latest "
-                           "from %s: %s", self.store, self._rejected_unlogged, peer, reason)
+            logger.warning("%s %s rejected %d %s(s) since its last such warning, the latest from %s: %s",
+                           self.ROLE, self.store, self._rejected_unlogged, self.CONNECTION, peer, reason)
             self._rejected_unlogged = 0
             self._rejection_logged_at = now
 

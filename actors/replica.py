@@ -33,16 +33,18 @@ import resource
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import ray
 
 from rayconf.actors import auth_guard
+from rayconf.actors.index_channel import IndexChannelServer
 from rayconf.actors.raft.types import Message, MessageType, NodeId
 from rayconf.actors.replica_chunks import ReplicaChunks, chunk_digests_of
 from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
 from rayconf.actors.shard_store import store_actor_name
-from rayconf.actors.store_leases import StoreLeases, lease_duration_s
+from rayconf.actors.store_leases import StoreLeases, WriteRanges, lease_duration_s, window_writes, write_ranges
 from rayconf.actors.transport import Transport
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.auth import SECRET_BYTES, authorize_command, require_admin
@@ -63,6 +65,8 @@ PENDING_REQUESTS_MAX = 10_000
 STREAM_BYTES_MAX = 4 * 1024 * 1024
 # Shortest store lease worth granting; a shorter one would end before it arrives.
 STORE_LEASE_MIN_S = 0.02
+# Bytes of newly exposed entries sent with one lease update; beyond it the store's stream brings them.
+LEASE_UPDATE_ENTRY_BYTES_MAX = 1024 * 1024
 
 
 @ray.remote
@@ -94,6 +98,10 @@ class ReplicaActor:
         # confirmed their entries: (applied index when taken, future, result).
         self._held_results: list[tuple[int, asyncio.Future[ApplyResult], ApplyResult]] = []
         self.store_leases = StoreLeases()
+        # The key ranges each entry this member proposed in term
+        # `_entry_writes_term` may write, until every holder has it exposed.
+        self._entry_writes: dict[int, WriteRanges] = {}
+        self._entry_writes_term = 0
         self._store_handles: dict[str, Any] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -104,6 +112,9 @@ class ReplicaActor:
         # When a leader's append, heartbeat or snapshot last arrived; 0 for never.
         self._leader_contact = 0.0
         self._logins = auth_guard.LoginLimiter()
+        self._index_server = IndexChannelServer(member)
+        self._index_server.serve_leases(self.grant_read_lease, asyncio.get_event_loop(), self._renew_read_lease)
+        self._start_index_channel()
         self._loop_task = asyncio.get_event_loop().create_task(self._run())
         logger.info("replica actor %s up, data in %s", member, directory)
 
@@ -145,6 +156,9 @@ class ReplicaActor:
             if not self.core.node.has_ready():
                 break
             outcome = self.core.process_ready()
+            if outcome.committed_entries and self.core.is_leader():
+                self._index_server.remember((entry.index, entry.type.value, entry.data)
+                                            for entry in outcome.committed_entries)
             self.transport.send(outcome.messages)
             for read_state in outcome.read_states:
                 future = self._reads.pop(read_state.request_context, None)
@@ -158,6 +172,8 @@ class ReplicaActor:
         self._resolve_applied()
         self._after_apply_chunks()
         self._push_lease_updates()
+        # Renews, or withdraws, the read point that the index channel serves.
+        self._exposed_index()
 
     def _after_apply_chunks(self) -> None:
         core = self.core
@@ -177,8 +193,23 @@ class ReplicaActor:
                 self._held_results.append((applied, self._proposals.pop(request_id), result))
 
     def _exposed_index(self) -> int:
-        """Return the highest committed index that every store lease holder has confirmed (see store_leases.py)."""
-        return self.store_leases.exposed(self.core.commit_index(), time.monotonic())
+        """Return the highest committed index that every store lease holder has confirmed (see store_leases.py).
+
+        Every caller goes through here before it tells anyone an index, so
+        the index channel's thread is given it first (see index_channel.py).
+        """
+        # Capped at the applied index too: then the index channel's thread
+        # holds every entry up to the read point it serves.
+        exposed = min(self.store_leases.exposed(self.core.commit_index(), time.monotonic()),
+                      self.core.state.applied_index)
+        remaining_ticks = self.core.lease_remaining_ticks()
+        lease_ends = 0.0
+        if remaining_ticks > 0:
+            # Counted from when the current tick was due, so a loop that has
+            # not ticked for a while publishes a shorter lease, never a longer one.
+            lease_ends = self._next_tick - self.tick_s + lease_duration_s(remaining_ticks, self.tick_s)
+        self._index_server.publish(self.core.term(), lease_ends, exposed)
+        return exposed
 
     def _release_held(self) -> None:
         """Return the results of the proposals whose entries every store lease holder has confirmed."""
@@ -267,7 +298,7 @@ class ReplicaActor:
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._proposals[command.request_id] = future
-            self.core.propose(command)
+            self._propose(command)
             # Lease holders hear of the new entry while it replicates, so
             # their replies rarely hold the result back once it commits.
             self._push_lease_updates()
@@ -279,6 +310,18 @@ class ReplicaActor:
                 f"request {command.request_id} was not applied within {timeout_s} s on {self.member}; "
                 "its outcome is unknown, retry with the same request id"
             ) from None
+
+    def _propose(self, command: Command) -> None:
+        """Propose `command` to the Raft core and note the key ranges its entry may write."""
+        last_index = self.core.last_index()
+        self.core.propose(command)
+        if self.core.last_index() != last_index + 1:
+            return
+        term = self.core.term()
+        if term != self._entry_writes_term:
+            self._entry_writes.clear()
+            self._entry_writes_term = term
+        self._entry_writes[last_index + 1] = write_ranges(command)
 
     async def read(self, request: RangeRequest, consistency: str = "linearizable",
                    timeout_s: float = 5.0, token: str | None = None) -> RangeResponse:
@@ -370,6 +413,26 @@ class ReplicaActor:
         self._applied_waiters.append((index, future))
         await future
 
+    def _start_index_channel(self) -> None:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            logger.info("replica %s opens no index channel: Ray runs with TLS and the channel is not encrypted",
+                        self.member)
+            return
+        try:
+            self._index_server.start_thread(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+        except OSError as error:
+            # Stores then ask this member for ReadIndex over Ray calls.
+            logger.error("replica %s could not open its index channel (%s); ReadIndex goes over Ray calls only",
+                         self.member, error)
+
+    async def index_channel(self) -> dict[str, Any] | None:
+        """Return the host, port and secret of this member's index channel; None when it has none.
+
+        See `actors/index_channel.py`. Shard stores ask the leader for
+        ReadIndex on it. The secret is handed out only over this Ray call.
+        """
+        return self._index_server.endpoint()
+
     # --- Read leases of shard stores (see store_leases.py). ---
 
     async def grant_read_lease(self, store: str, following: str) -> dict[str, Any] | None:
@@ -390,8 +453,34 @@ class ReplicaActor:
             return None
         last_index = self.core.last_index()
         self.store_leases.grant(store, following, time.monotonic(), duration_s, last_index)
-        return {"leader": self.member, "term": self.core.term(), "duration_s": duration_s, "index": last_index,
-                "exposed": self._exposed_index()}
+        exposed = self._exposed_index()
+        term = self.core.term()
+        writes = window_writes(self._entry_writes, exposed, last_index) if term == self._entry_writes_term else []
+        return {"leader": self.member, "term": term, "duration_s": duration_s, "index": last_index,
+                "exposed": exposed, "writes": writes}
+
+    def _renew_read_lease(self, store: str, following: str, term: int) -> dict[str, Any] | None:
+        """Extend the running lease of `store` from the index channel's thread; None when the loop must grant.
+
+        Runs in that thread, so it reads only what the loop published and
+        settings that never change, and changes only the holder's end in the
+        locked lease table. It extends a lease of the current `term` up to
+        the published end of the leader lease, which already leaves a tick
+        and the drift fraction. The store keeps the indexes it has; the
+        exposed index it gets is the published read point.
+        """
+        settings = self.core.settings
+        if not (settings.lease_reads and settings.store_leases) or self._lease_cut_off(following):
+            return None
+        published_term, lease_ends, read_point = self._index_server.published()
+        now = time.monotonic()
+        duration_s = lease_ends - now
+        if published_term != term or duration_s < STORE_LEASE_MIN_S:
+            return None
+        if not self.store_leases.renew(store, following, now, duration_s):
+            return None
+        return {"leader": self.member, "term": term, "duration_s": duration_s, "index": 0, "exposed": read_point,
+                "writes": []}
 
     def _push_lease_updates(self) -> None:
         """Send each lease holder the last log index and the exposed index it has not been sent yet.
@@ -408,22 +497,35 @@ class ReplicaActor:
         term = self.core.term()
         last_index = self.core.last_index()
         exposed = self._exposed_index()
+        writes = self._entry_writes if term == self._entry_writes_term else {}
+        sent = {store: (holder.sent_index, holder.sent_exposed) for store, holder in self.store_leases.holders.items()}
         for store in self.store_leases.take_unsent(last_index, exposed):
             holder = self.store_leases.holders[store]
             if self._lease_cut_off(holder.following):
                 self.store_leases.resend(store)
                 continue
-            asyncio.ensure_future(self._send_lease_update(store, term, last_index, exposed, holder.expires))
+            sent_index, sent_exposed = sent[store]
+            new_writes = window_writes(writes, max(sent_index, exposed), last_index)
+            # The newly exposed entries go along, so the store need not wait
+            # for its stream before it serves reads at the new exposed index.
+            entries = self._index_server.entries_between(sent_exposed, exposed, LEASE_UPDATE_ENTRY_BYTES_MAX)
+            asyncio.ensure_future(self._send_lease_update(store, term, last_index, exposed, holder.expires,
+                                                          new_writes, entries))
+        # Every holder has been sent the entries up to the exposed index as exposed.
+        while self._entry_writes and next(iter(self._entry_writes)) <= exposed:
+            del self._entry_writes[next(iter(self._entry_writes))]
 
-    async def _send_lease_update(self, store: str, term: int, index: int, exposed: int, expires: float) -> None:
+    async def _send_lease_update(self, store: str, term: int, index: int, exposed: int, expires: float,
+                                 writes: Sequence[tuple[int, WriteRanges]],
+                                 entries: list[tuple[int, str, bytes]]) -> None:
         handle = self._store_handles.get(store)
         try:
             if handle is None:
                 handle = self._store_handles[store] = ray.get_actor(store_actor_name(store),
                                                                     namespace=self.transport.namespace)
             timeout = max(self.tick_s, expires - time.monotonic())
-            accepted: bool = await asyncio.wait_for(handle.lease_update.remote(self.member, term, index, exposed),
-                                                    timeout=timeout)
+            accepted: bool = await asyncio.wait_for(
+                handle.lease_update.remote(self.member, term, index, exposed, writes, entries), timeout=timeout)
         except (asyncio.TimeoutError, ValueError, ray.exceptions.RayError) as error:
             # The lease ends on its own; until then writes wait for this store.
             if not isinstance(error, asyncio.TimeoutError):
@@ -544,6 +646,11 @@ class ReplicaActor:
         status["store_leases"] = self.store_leases.describe(time.monotonic())
         status["store_leases_granted"] = self.store_leases.granted
         status["transport"] = self.transport.statistics()
+        server = self._index_server
+        status["index_channel"] = f"{server.host}:{server.port}" if server.port else ""
+        status["index_channel_answers"] = server.counters["answers"]
+        status["index_channel_refusals"] = server.counters["refusals"]
+        status["index_channel_lease_requests"] = server.counters["lease_requests"]
         status["pid"] = os.getpid()
         # Peak resident memory of this process, in KiB on Linux.
         status["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

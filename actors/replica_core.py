@@ -89,6 +89,8 @@ class ReadyOutcome:
     read_states: list[ReadState] = field(default_factory=list)
     applied_index: int = 0
     leader_changed: bool = False
+    # The committed entries this round applied, in log order.
+    committed_entries: list[Entry] = field(default_factory=list)
 
 
 class ReplicaCore:
@@ -216,6 +218,7 @@ class ReplicaCore:
             self._restore(ready.snapshot.metadata.index, ready.snapshot.metadata.conf_state)
         for entry in ready.committed_entries:
             self._apply(entry)
+        outcome.committed_entries = list(ready.committed_entries)
         outcome.read_states = list(ready.read_states)
         self.node.advance(ready)
         self._maybe_snapshot()

@@ -16,23 +16,27 @@ Reads:
   age is within the bound. Otherwise it waits for the next poll, up to the
   timeout, then raises `Unavailable`.
 - "linearizable": served from the store's read lease when it holds one and
-  no write is in flight (see `store_leases.py`). The leader sends the store
-  every new log index and returns no write's result before the store
-  confirmed it, so the store serves the read at once, at the exposed index
-  the leader last sent.
-  Without a valid lease the store requests a ReadIndex from the leader, then
-  waits until it has applied that index. The leader replies from its own
-  lease, or confirms with a heartbeat round to a quorum when lease reads are
-  off. Either way the store reads at the revision of that log index.
+  no write to the keys it reads is in flight (see `store_leases.py`). The
+  leader sends the store every new log index, with the key ranges the entry
+  may write, and returns no write's result before the store confirmed it,
+  so the store serves the read at once, at the exposed index the leader
+  last sent.
+  Otherwise the store requests a ReadIndex from the leader, then waits
+  until it has applied that index. The leader replies from its own lease,
+  or confirms with a heartbeat round to a quorum when lease reads are off.
+  Either way the store reads at the revision of that log index.
 
 The ReadIndex request goes straight to the leader that the followed replica
-names, which saves the replica's forwarding hop. When the store is cut off
-from the leader (its own fault filter, or the followed replica's, blocks the
-pair) or the leader call fails, the request goes to the followed replica,
-which forwards it through Raft. Reads waiting at the same time share one
-ReadIndex call: a read joins the next call that starts after it arrived, never
-one already in flight, because that call's index may date from before the
-read began.
+names, which saves the replica's forwarding hop: first on the leader's index
+channel (`index_channel.py`), a socket that a thread of the leader answers,
+with the committed entries the store still lacks; then, when that channel
+refuses or cannot be reached, over a Ray call. Lease requests take the same
+channel. When the store is cut off from the leader (its own fault filter, or
+the followed replica's, blocks the pair) or the leader call fails, the
+request goes to the followed replica, which forwards it through Raft. Reads
+waiting at the same time share one ReadIndex call: a read joins the next
+call that starts after it arrived, never one already in flight, because that
+call's index may date from before the read began.
 
 With auth enabled, every read carries a token, checked against the store's
 own copy of the auth state once the store has reached the read's index.
@@ -44,6 +48,7 @@ that revision, which gives a client read-your-writes in any data center.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -53,8 +58,9 @@ from typing import Any
 import ray
 
 from rayconf.actors.auth_guard import authorize_read
+from rayconf.actors.index_channel import IndexChannels
 from rayconf.actors.read_channel import ReadChannelServer
-from rayconf.actors.store_leases import lease_read_target
+from rayconf.actors.store_leases import WriteRanges, lease_read_target, window_spares
 from rayconf.actors.stream_follower import (
     apply_streamed_entry,
     follow_replicas,
@@ -74,8 +80,12 @@ POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
 # Pause between lease requests while the leader grants none (unknown, cut off, or refusing).
 LEASE_RETRY_S = 0.1
-# A held lease is renewed when this fraction of it has passed.
+# A held lease is renewed when this fraction of it has passed, or sooner
+# while grant calls are slow; never less than the minimum wait apart.
 LEASE_RENEW_FRACTION = 1 / 3
+LEASE_RENEW_MIN_WAIT_S = 0.005
+# Recent grant calls whose durations set how early a lease is renewed.
+LEASE_CALLS_KEPT = 8
 # Time allowed for a lease request; a late grant only shortens the lease.
 LEASE_CALL_TIMEOUT_S = 1.0
 # Wait between read-point checks when a read's min_revision is above the read point.
@@ -122,6 +132,12 @@ class ShardStoreActor:
         # Replica handles by member, for ReadIndex calls; a name lookup costs a GCS round trip.
         self._handles: dict[str, Any] = {}
         self.read_index_direct_calls = 0
+        self._index_channels = IndexChannels(name, self._index_endpoint)
+        # The request for entries that lease reads waiting at the moment share.
+        self._catching_up: asyncio.Future[None] | None = None
+        self.read_index_channel_calls = 0
+        # ReadIndex answers whose entries this store applied before its stream brought them.
+        self.entries_from_leader = 0
         self._progress = asyncio.Condition()
         # Snapshots received from the replica; only the newest is kept.
         self._scratch = Path(data_directory) / "stores" / name
@@ -135,8 +151,14 @@ class ShardStoreActor:
         self._lease_expires = 0.0
         self._lease_acked = 0
         self._lease_exposed = 0
+        # Key ranges that entries above `_lease_exposed` may write, as the leader sent them.
+        self._lease_writes: dict[int, WriteRanges] = {}
         self.lease_grants = 0
         self.lease_reads = 0
+        # Durations of the latest grant calls, in seconds.
+        self._lease_call_s: collections.deque[float] = collections.deque(maxlen=LEASE_CALLS_KEPT)
+        # Lease reads served while a write to other keys was in flight.
+        self.lease_reads_beside_writes = 0
         self.channel = ReadChannelServer(name, self.read_batch)
         self._channel_start = asyncio.get_event_loop().create_task(self._start_channel())
         self._task = asyncio.get_event_loop().create_task(self._follow())
@@ -166,7 +188,12 @@ class ShardStoreActor:
                 self._progress.notify_all()
 
     def _load_snapshot(self, packed: bytes) -> None:
-        self.state = load_streamed_snapshot(packed, self._scratch)
+        state = load_streamed_snapshot(packed, self._scratch)
+        if state.applied_index <= self.state.applied_index:
+            # A poll sent before the store applied entries from the leader's
+            # index channel: its snapshot is older than the store's state.
+            return
+        self.state = state
         self.snapshots_loaded += 1
         logger.info("store %s loaded a snapshot at index %d, revision %d",
                     self.name, self.state.applied_index, self.state.revision)
@@ -208,7 +235,8 @@ class ShardStoreActor:
         """Serve several ranges after one consistency check, shared by all of them."""
         deadline = time.monotonic() + timeout_s
         if consistency == "linearizable":
-            index = await self._read_point(min_revision, deadline, timeout_s)
+            reads = [(request.key, request.range_end) for request in requests]
+            index = await self._read_point(min_revision, deadline, timeout_s, reads)
         elif consistency == "serializable":
             if max_staleness_ms is not None:
                 await self._wait(lambda: self.age_ms() <= max_staleness_ms, deadline,
@@ -229,8 +257,9 @@ class ShardStoreActor:
             results.append({"response": response, "age_ms": self.age_ms(), "store": self.name})
         return results
 
-    async def _read_point(self, min_revision: int, deadline: float, timeout_s: float) -> int:
-        """Return the log index to serve a linearizable read at, applied here and at or above `min_revision`.
+    async def _read_point(self, min_revision: int, deadline: float, timeout_s: float,
+                          reads: list[tuple[bytes, bytes | None]]) -> int:
+        """Return the log index to serve a linearizable read of `reads` at, applied here, at or above `min_revision`.
 
         A `min_revision` that came from a write this client saw acknowledged
         is always covered. One seen only through a serializable read or a
@@ -238,7 +267,12 @@ class ShardStoreActor:
         the read waits for a later read point.
         """
         while True:
-            index = await self._lease_read_point(deadline)
+            index = await self._lease_read_point(deadline, reads)
+            if index is not None and min_revision:
+                revision = self.state.revision_at_index(index)
+                if revision is None or revision < min_revision:
+                    # A ReadIndex gives a later point than the lease, when there is one.
+                    index = None
             if index is None:
                 index = await self._read_index(timeout_s)
                 await self._wait(lambda: self.state.applied_index >= index, deadline, f"apply index {index}")
@@ -250,28 +284,39 @@ class ShardStoreActor:
                                   f"(revision {self.state.revision}); retry or read elsewhere")
             await asyncio.sleep(MIN_REVISION_POLL_S)
 
-    async def _lease_read_point(self, deadline: float) -> int | None:
+    async def _lease_read_point(self, deadline: float, reads: list[tuple[bytes, bytes | None]]) -> int | None:
         """Return a read point from the lease, or None when the read must take the ReadIndex path.
 
         Everything a completed operation saw is at or below the last index
         the leader sent this store (`_lease_acked`). When the exposed index
         the leader sent is at least that, the store reads at the exposed
-        index, once it has applied it. Otherwise a write is in flight, and
-        the read takes the ReadIndex path rather than wait for the write.
+        index, once it has applied it. Otherwise a write is in flight. If
+        no entry in flight may write a key in `reads`, the store still reads
+        at the exposed index (see store_leases.py); else the read takes the
+        ReadIndex path rather than wait for the write.
         """
-        target = lease_read_target(time.monotonic(), self._lease_expires, self._lease_acked, self._lease_exposed)
+        now = time.monotonic()
+        target = lease_read_target(now, self._lease_expires, self._lease_acked, self._lease_exposed)
+        beside_writes = False
         if target is None:
-            return None
+            if now >= self._lease_expires or not window_spares(self._lease_writes, self._lease_exposed,
+                                                               self._lease_acked, reads):
+                return None
+            target = self._lease_exposed
+            beside_writes = True
         leader, term = self._lease_leader, self._lease_term
 
         def applied() -> bool:
             return self.state.applied_index >= target
 
+        if not applied():
+            await self._catch_up()
         if not applied() and not await self._wait_until(applied, min(deadline, self._lease_expires)):
             return None
         if (self._lease_leader, self._lease_term) != (leader, term):
             return None
         self.lease_reads += 1
+        self.lease_reads_beside_writes += beside_writes
         return min(self._lease_exposed, self.state.applied_index)
 
     # --- The read lease. ---
@@ -286,27 +331,44 @@ class ShardStoreActor:
             if grant is None:
                 await asyncio.sleep(LEASE_RETRY_S)
                 continue
-            await asyncio.sleep(max(0.005, grant["duration_s"] * LEASE_RENEW_FRACTION))
+            await asyncio.sleep(self._lease_renewal_wait_s(grant["duration_s"]))
+
+    def _lease_renewal_wait_s(self, duration_s: float) -> float:
+        """Return how long to wait before asking for the next lease, after a grant of `duration_s`.
+
+        Normally a fraction of the lease. When grant calls are slow (a busy
+        leader), the next request leaves earlier, so that even a call twice
+        as slow as the slowest recent one returns before the lease ends.
+        """
+        remaining_s = self._lease_expires - time.monotonic()
+        slowest_s = max(self._lease_call_s, default=0.0)
+        return max(LEASE_RENEW_MIN_WAIT_S, min(duration_s * LEASE_RENEW_FRACTION, remaining_s - 2 * slowest_s))
 
     async def _ask_lease(self, leader: str) -> dict[str, Any] | None:
         asked = time.monotonic()
-        try:
-            handle = self._replica_handle(leader)
-            grant: dict[str, Any] | None = await asyncio.wait_for(
-                handle.grant_read_lease.remote(self.name, self.following), timeout=LEASE_CALL_TIMEOUT_S)
-        except (TimeoutError, ValueError, ray.exceptions.RayError) as error:
-            self._handles.pop(leader, None)
-            logger.info("store %s got no read lease from %s: %s", self.name, leader, type(error).__name__)
-            return None
+        term = self._lease_term if self._lease_leader == leader else 0
+        answered, grant = await self._index_channels.grant_lease(leader, self.following, term)
+        if not answered:
+            try:
+                handle = self._replica_handle(leader)
+                grant = await asyncio.wait_for(handle.grant_read_lease.remote(self.name, self.following),
+                                               timeout=LEASE_CALL_TIMEOUT_S)
+            except (TimeoutError, ValueError, ray.exceptions.RayError) as error:
+                self._handles.pop(leader, None)
+                logger.info("store %s got no read lease from %s: %s", self.name, leader, type(error).__name__)
+                return None
+        self._lease_call_s.append(time.monotonic() - asked)
         if grant is None:
             return None
         if (grant["leader"], grant["term"]) != (self._lease_leader, self._lease_term):
             self._lease_leader, self._lease_term = grant["leader"], grant["term"]
             self._lease_acked = grant["index"]
             self._lease_exposed = grant["exposed"]
+            self._lease_writes.clear()
         else:
             self._lease_acked = max(self._lease_acked, grant["index"])
             self._lease_exposed = max(self._lease_exposed, grant["exposed"])
+        self._record_writes(grant.get("writes") or [])
         # Counted from the request, so the lease ends here before it ends on the leader.
         self._lease_expires = asked + grant["duration_s"]
         self.lease_grants += 1
@@ -314,20 +376,38 @@ class ShardStoreActor:
             self._progress.notify_all()
         return grant
 
-    async def lease_update(self, leader: str, term: int, index: int, exposed: int) -> bool:
+    async def lease_update(self, leader: str, term: int, index: int, exposed: int,
+                           writes: list[tuple[int, WriteRanges]] | None = None,
+                           entries: list[tuple[int, str, bytes]] | None = None) -> bool:
         """Record a new last log index and exposed index from the lease's leader; return whether accepted.
 
+        `writes` gives, for entries the leader proposed in this term, the key
+        ranges each may write. `entries` are committed entries up to
+        `exposed`, which the store applies if they follow on from its state.
         An update from any other leader or term is rejected, and so is one
         that arrives before its grant: the leader then sends it again. The
-        leader counts `index` as confirmed by this store only when this returns True.
+        leader counts `index` as confirmed by this store only when this
+        returns True.
         """
         if (leader, term) != (self._lease_leader, self._lease_term):
             return False
         self._lease_acked = max(self._lease_acked, index)
         self._lease_exposed = max(self._lease_exposed, exposed)
+        self._record_writes(writes or [])
+        if entries:
+            await self._apply_leader_entries(entries)
         async with self._progress:
             self._progress.notify_all()
         return True
+
+    def _record_writes(self, writes: list[tuple[int, WriteRanges]]) -> None:
+        """Keep the write ranges of entries in the window (exposed, acked]; forget those now exposed."""
+        for entry_index, ranges in writes:
+            if self._lease_exposed < entry_index <= self._lease_acked:
+                self._lease_writes[entry_index] = ranges
+        # Updates may arrive out of order, so the entries are not kept sorted.
+        for entry_index in [entry_index for entry_index in self._lease_writes if entry_index <= self._lease_exposed]:
+            del self._lease_writes[entry_index]
 
     def _replica_handle(self, member: str) -> Any:
         handle = self._handles.get(member)
@@ -369,6 +449,13 @@ class ShardStoreActor:
 
     async def _ask_read_index(self, timeout_s: float) -> int:
         leader = self.leader
+        if leader and not self._cut_off(self.following, leader):
+            answer = await self._index_channels.read_index(leader, self.state.applied_index)
+            if answer is not None:
+                index, entries = answer
+                await self._apply_leader_entries(entries)
+                self.read_index_channel_calls += 1
+                return index
         if leader and leader != self.following and not self._cut_off(self.following, leader):
             try:
                 index = await self._call_read_index(leader, timeout_s)
@@ -421,6 +508,57 @@ class ShardStoreActor:
             raise
         return index
 
+    async def _catch_up(self) -> None:
+        """Apply the committed entries the leader's index channel holds beyond this store's state.
+
+        A lease read that needs entries the stream has not brought yet gets
+        them from the leader in one round trip instead. Reads that wait at
+        the same time share one request. When the channel cannot answer, the
+        read waits for the stream as before.
+        """
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(self._fetch_entries())
+        await asyncio.shield(self._catching_up)
+
+    async def _fetch_entries(self) -> None:
+        leader = self.leader
+        if not leader or self._cut_off(self.following, leader):
+            return
+        answer = await self._index_channels.read_index(leader, self.state.applied_index)
+        if answer is not None:
+            await self._apply_leader_entries(answer[1])
+
+    async def _apply_leader_entries(self, entries: list[tuple[int, str, bytes]]) -> None:
+        """Apply committed entries from the leader (an index channel answer, a lease update), from the next one lacking.
+
+        The stream brings the same entries later, and `apply_streamed_entry`
+        skips those already applied. Entries stop at the first gap.
+        """
+        applied = False
+        for index, entry_type, data in entries:
+            if index > self.state.applied_index + 1:
+                break
+            if index == self.state.applied_index + 1:
+                apply_streamed_entry(self.state, index, entry_type, data)
+                applied = True
+        if applied:
+            self.entries_from_leader += 1
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _index_endpoint(self, member: str) -> dict[str, Any] | None:
+        """Return the endpoint of `member`'s index channel, or None when it has none or cannot say."""
+        try:
+            endpoint: dict[str, Any] | None = await asyncio.wait_for(
+                self._replica_handle(member).index_channel.remote(), timeout=CALL_MARGIN_S)
+        except (TimeoutError, ValueError, ray.exceptions.RayError) as error:
+            if not isinstance(error, TimeoutError):
+                self._handles.pop(member, None)
+            logger.info("store %s got no index channel endpoint from %s: %s", self.name, member,
+                        type(error).__name__)
+            return None
+        return endpoint
+
     def _cut_off(self, member: str, other: str) -> bool:
         blocked = self.own_blocked | self.replica_blocked
         return (member, other) in blocked or (other, member) in blocked
@@ -469,10 +607,13 @@ class ShardStoreActor:
             "leader": self.leader,
             "read_index_calls": self.read_index_calls,
             "read_index_direct_calls": self.read_index_direct_calls,
+            "read_index_channel_calls": self.read_index_channel_calls,
+            "entries_from_leader": self.entries_from_leader,
             "lease_leader": self._lease_leader,
             "lease_remaining_ms": max(0, int((self._lease_expires - time.monotonic()) * 1000)),
             "lease_grants": self.lease_grants,
             "lease_reads": self.lease_reads,
+            "lease_reads_beside_writes": self.lease_reads_beside_writes,
             "read_channel": f"{self.channel.host}:{self.channel.port}" if self.channel.port else "",
             "read_channel_reads": self.channel.counters["reads"],
             "read_channel_rejected": self.channel.counters["rejected"],

@@ -40,16 +40,44 @@ The rules, where C is the leader's commit index:
 A holder that stops responding delays writes until its lease ends, at
 most one leader lease (the election timeout less the drift margin).
 
+Writes in flight to other keys. With each new log index the leader also
+sends the key ranges that the entry may write (`write_ranges`), when it
+proposed that entry in its current term; for any other entry the store
+knows nothing and assumes every key. A read that finds a write in flight
+is still served from the lease, at the exposed index X it was sent, when
+no entry in the window (X, acked] may write a key it reads
+(`window_spares`). Any write to those keys that completed before the read
+began is at or below the leader's exposed index, so at or below acked; it
+is not in the window, so it is at or below X. And no read anywhere has seen
+those keys at a later state than X's, because every such state lies in the
+window too. So the values read are linearizable, key by key, as a
+linearizability checker partitions a history. The read's revision is X's,
+though, and can be below the revision of a write to other keys that has
+completed. A client that needs its own writes covered sends
+`min_revision`, which a point below it never satisfies.
+
 This module contains the leader's table and is free of Ray, so it is tested
 alone. The replica actor sends the calls.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from rayconf.store.records import AuthChange, Command, Compact, DeleteRange, Put
+
+# The key ranges one log entry may write, each (key, range_end) as in a
+# RangeRequest: range_end None for the key alone, b"" for every key from
+# `key` on. None for an entry that may change anything a read returns.
+WriteRanges = tuple[tuple[bytes, bytes | None], ...] | None
 
 # Fraction of a lease taken off for clock-rate differences between leader and store.
 LEASE_DRIFT_FRACTION = 0.1
+# Widest window (log entries) that a read checks for writes to its keys; a
+# read that finds a wider one takes the ReadIndex path.
+WINDOW_ENTRIES_MAX = 1024
 
 
 @dataclass(slots=True)
@@ -69,11 +97,18 @@ class Holder:
 
 
 class StoreLeases:
-    """The leader's table of store read leases."""
+    """The leader's table of store read leases.
+
+    The replica's event loop makes every change but one: the index channel's
+    thread may extend a lease that has not ended (`renew`). So granting,
+    renewing and dropping ended leases hold one lock, and the thread changes
+    nothing but a holder's `expires`.
+    """
 
     def __init__(self) -> None:
         self.holders: dict[str, Holder] = {}
         self.granted = 0
+        self._lock = threading.Lock()
 
     def grant(self, store: str, following: str, now: float, duration_s: float, index: int) -> Holder:
         """Record a lease for `store` until `now + duration_s`; return its record.
@@ -83,15 +118,31 @@ class StoreLeases:
         raise it, because the store may still be serving reads under its
         current lease with the indexes it had before this grant arrives.
         """
-        holder = self.holders.get(store)
-        if holder is None or holder.expires <= now:
-            holder = Holder(following, now + duration_s, index, sent_index=index)
-            self.holders[store] = holder
-        else:
-            holder.following = following
+        with self._lock:
+            holder = self.holders.get(store)
+            if holder is None or holder.expires <= now:
+                holder = Holder(following, now + duration_s, index, sent_index=index)
+                self.holders[store] = holder
+            else:
+                holder.following = following
+                holder.expires = max(holder.expires, now + duration_s)
+            self.granted += 1
+            return holder
+
+    def renew(self, store: str, following: str, now: float, duration_s: float) -> bool:
+        """Extend the lease of `store` to `now + duration_s` if it has not ended; return whether it was extended.
+
+        Only a lease for the same followed replica is extended. Anything else
+        needs a grant, which only the event loop makes. Safe to call from
+        another thread: the holder stays in the table until its new end.
+        """
+        with self._lock:
+            holder = self.holders.get(store)
+            if holder is None or holder.expires <= now or holder.following != following:
+                return False
             holder.expires = max(holder.expires, now + duration_s)
-        self.granted += 1
-        return holder
+            self.granted += 1
+            return True
 
     def exposed(self, commit: int, now: float) -> int:
         """Return the exposed index: `commit`, or less while an active holder has not confirmed it."""
@@ -99,8 +150,9 @@ class StoreLeases:
         return min([commit] + [holder.acked for holder in self.holders.values()])
 
     def drop_expired(self, now: float) -> None:
-        for store in [store for store, holder in self.holders.items() if holder.expires <= now]:
-            del self.holders[store]
+        with self._lock:
+            for store in [store for store, holder in self.holders.items() if holder.expires <= now]:
+                del self.holders[store]
 
     def acknowledge(self, store: str, index: int, exposed: int) -> None:
         """Record that `store` accepted an update carrying `index` and `exposed`."""
@@ -151,3 +203,70 @@ def lease_duration_s(remaining_ticks: int, tick_s: float) -> float:
     tick is taken off, and then the drift fraction.
     """
     return max(0.0, (remaining_ticks - 1) * tick_s * (1 - LEASE_DRIFT_FRACTION))
+
+
+def write_ranges(command: Command) -> WriteRanges:
+    """Return the key ranges `command` may write, whichever branch of its txn runs.
+
+    Compactions and auth changes count as writing everything: one changes
+    which revisions a read may ask for, the other who may read what.
+    """
+    body = command.body
+    if isinstance(body, (Compact, AuthChange)):
+        return None
+    ranges: list[tuple[bytes, bytes | None]] = []
+    for operation in (*body.success, *body.failure):
+        if isinstance(operation, Put):
+            ranges.append((operation.key, None))
+        elif isinstance(operation, DeleteRange):
+            ranges.append((operation.key, operation.range_end))
+    return tuple(ranges)
+
+
+def _bounds(key: bytes, range_end: bytes | None) -> tuple[bytes, bytes | None]:
+    """Return the half-open byte interval [start, stop) of a range; stop None is unbounded."""
+    if range_end is None:
+        return key, key + b"\x00"
+    if range_end == b"":
+        return key, None
+    return key, range_end
+
+
+def ranges_overlap(first: tuple[bytes, bytes | None], second: tuple[bytes, bytes | None]) -> bool:
+    first_start, first_stop = _bounds(*first)
+    second_start, second_stop = _bounds(*second)
+    if first_stop is not None and first_stop <= first_start:
+        return False
+    if second_stop is not None and second_stop <= second_start:
+        return False
+    return ((first_stop is None or second_start < first_stop)
+            and (second_stop is None or first_start < second_stop))
+
+
+def window_spares(writes: Mapping[int, WriteRanges], exposed: int, acked: int,
+                  reads: Iterable[tuple[bytes, bytes | None]]) -> bool:
+    """Return whether no entry in the window (exposed, acked] may write a key in `reads`.
+
+    `writes` holds the write ranges the leader sent; an index it lacks, or
+    holds as None, may write anything.
+    """
+    if acked - exposed > WINDOW_ENTRIES_MAX:
+        return False
+    reads = list(reads)
+    for index in range(exposed + 1, acked + 1):
+        ranges = writes.get(index)
+        if ranges is None:
+            return False
+        if any(ranges_overlap(written, read) for written in ranges for read in reads):
+            return False
+    return True
+
+
+def window_writes(writes: Mapping[int, WriteRanges], after: int,
+                  last: int) -> Sequence[tuple[int, WriteRanges]]:
+    """Return the known write ranges of the entries after `after` up to `last`, in index order.
+
+    Only the last `WINDOW_ENTRIES_MAX` entries count, as `window_spares` checks no more.
+    """
+    first = max(after + 1, last + 1 - WINDOW_ENTRIES_MAX)
+    return [(index, writes[index]) for index in range(first, last + 1) if index in writes]

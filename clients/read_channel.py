@@ -29,10 +29,8 @@ Both learn a store's endpoint with one Ray call and keep it while it works.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
-import secrets
 import socket
 import threading
 import time
@@ -45,14 +43,12 @@ from rayconf.actors.cluster import ClusterSpec, find_store
 from rayconf.actors.read_channel import (
     FRAME_HEADER,
     HANDSHAKE_FRAME_BYTES_MAX,
-    NONCE_BYTES,
-    PROTOCOL,
     REPLY_FRAME_BYTES_MAX,
     REPLY_TOO_LARGE,
     ChannelClosed,
+    ClientHandshake,
     pack_frame,
     parse_response,
-    proof,
     read_frame,
     rebuild_error,
     unpack_body,
@@ -101,43 +97,9 @@ def replies_of(store: str, reply: object) -> list[dict[str, Any]] | None:
     raise ChannelClosed("a reply frame has neither a result nor an error")
 
 
-class _Handshake:
-    """The client's half of the handshake: a nonce out, the store's proof checked, the client's proof back."""
-
-    def __init__(self, store: str, secret: bytes) -> None:
-        self.store = store
-        self.secret = secret
-        self.client_nonce = secrets.token_bytes(NONCE_BYTES)
-
-    def hello(self) -> bytes:
-        return pack_frame([PROTOCOL, self.client_nonce])
-
-    def answer(self, challenge: object) -> bytes:
-        """Check the store's proof in `challenge` and return the client's proof; raise `ChannelClosed` if wrong."""
-        if not (isinstance(challenge, list) and len(challenge) == 4 and challenge[0] == PROTOCOL
-                and challenge[1] == self.store and isinstance(challenge[2], bytes)
-                and isinstance(challenge[3], bytes)):
-            raise ChannelClosed(f"store {self.store} did not accept the read connection: {_detail(challenge)}")
-        store_nonce = challenge[2]
-        expected = proof(self.secret, b"store", self.client_nonce, store_nonce)
-        if not hmac.compare_digest(challenge[3], expected):
-            raise ChannelClosed(f"the process at the endpoint of store {self.store} does not have its secret")
-        return pack_frame([proof(self.secret, b"client", self.client_nonce, store_nonce)])
-
-    def check_accepted(self, verdict: object) -> None:
-        if verdict != [PROTOCOL, "ok"]:
-            raise ChannelClosed(f"store {self.store} did not accept the read connection: {_detail(verdict)}")
-
-
 def _no_reply(store: str, wait_s: float) -> Unavailable:
     return Unavailable(f"shard store {store} did not reply within {wait_s:g} s; retry, or read through another "
                        "data center (Client(..., data_center=...))")
-
-
-def _detail(frame: object) -> str:
-    if isinstance(frame, list) and len(frame) == 3 and frame[1] == "":
-        return str(frame[2])
-    return f"unexpected frame {frame!r:.200}"
 
 
 class _Endpoints:
@@ -289,7 +251,7 @@ class ReadChannels:
         try:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection.settimeout(attempt_s + 1)
-            handshake = _Handshake(store, endpoint["secret"])
+            handshake = ClientHandshake(store, endpoint["secret"])
             connection.sendall(handshake.hello())
             connection.sendall(handshake.answer(_receive(connection, HANDSHAKE_FRAME_BYTES_MAX)))
             handshake.check_accepted(_receive(connection, HANDSHAKE_FRAME_BYTES_MAX))
@@ -475,7 +437,7 @@ class AsyncReadChannels:
                                                 timeout=min(CONNECT_TIMEOUT_S, attempt_s))
         try:
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handshake = _Handshake(store, endpoint["secret"])
+            handshake = ClientHandshake(store, endpoint["secret"])
             writer.write(handshake.hello())
             challenge = await asyncio.wait_for(read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX), timeout=attempt_s + 1)
             writer.write(handshake.answer(challenge))

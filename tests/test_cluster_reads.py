@@ -1,9 +1,11 @@
 """Linearizable reads on a real local Ray instance: the store's path to the leader and the lease.
 
-Stores ask the leader for a ReadIndex directly, share one call between the
-reads waiting at the same time, and honour the partitions of the fault
-filter. The leader replies from its lease by default, and a pause of its
-process must not stretch that lease.
+Stores ask the leader for a ReadIndex on its index channel, or over a Ray
+call when the channel is closed, share one call between the reads waiting
+at the same time, and honour the partitions of the fault filter. The leader
+replies from its lease by default, and a pause of its process must not
+stretch that lease, on either path. A concurrent workload whose reads all
+take the index channel must stay linearizable.
 
 Store read leases are off here, so every linearizable read takes the
 ReadIndex path; tests/test_store_leases.py covers the leases.
@@ -14,19 +16,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
+import struct
+import threading
 import time
 from typing import Any, Iterator
+
+import msgpack
 
 import pytest
 import ray
 
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
+from rayconf.actors.read_channel import ClientHandshake, pack_frame
 from rayconf.clients.client import Client
 from rayconf.errors import NotLeader, Unavailable
+from rayconf.sims import chaos_workload
+from rayconf.sims.chaos_workload import WorkloadClient, WorkloadResults
+from rayconf.sims.history import HistoryRecorder
+from rayconf.sims.linearizability import Outcome, check_history
 from rayconf.store.records import RangeRequest
 
 TICK_MS = 20
+WORKLOAD_S = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +83,12 @@ def _wait_for_store_leader(spec: ClusterSpec, store: str, leader: str) -> None:
         time.sleep(0.05)
 
 
-def test_store_asks_a_remote_leader_directly(spec: ClusterSpec, client: Client) -> None:
+def test_store_asks_a_remote_leader_on_its_index_channel(spec: ClusterSpec, client: Client) -> None:
     leader = _leader(spec)
     data_center = _other_data_center(spec, leader)
     store = spec.stores_in(data_center)[0]
     _wait_for_store_leader(spec, store, leader)
-    before = _store_status(spec, store)["read_index_direct_calls"]
+    before = _store_status(spec, store)
 
     written = client.put("/reads/direct", b"v1")
     reader = Client(spec, data_center=data_center, timeout_s=10.0, session=False)
@@ -84,7 +97,34 @@ def test_store_asks_a_remote_leader_directly(spec: ClusterSpec, client: Client) 
         assert kv is not None and kv.value == b"v1"
         assert reader.last_read["revision"] >= written.revision
 
-    assert _store_status(spec, store)["read_index_direct_calls"] >= before + 5
+    after = _store_status(spec, store)
+    assert after["read_index_channel_calls"] >= before["read_index_channel_calls"] + 5
+    assert after["read_index_direct_calls"] == before["read_index_direct_calls"]
+    assert ray.get(cluster.find_replica(spec, leader).status.remote())["index_channel"]
+
+
+def test_store_asks_a_remote_leader_over_ray_when_its_channel_is_closed(spec: ClusterSpec,
+                                                                        client: Client) -> None:
+    leader = _leader(spec)
+    data_center = _other_data_center(spec, leader)
+    store = spec.stores_in(data_center)[0]
+    _wait_for_store_leader(spec, store, leader)
+    handle = cluster.find_replica(spec, leader)
+    ray.get(handle.__ray_call__.remote(lambda actor: actor._index_server.stop_thread()))
+    try:
+        before = _store_status(spec, store)
+        written = client.put("/reads/direct", b"v2")
+        reader = Client(spec, data_center=data_center, timeout_s=10.0, session=False)
+        for _ in range(5):
+            kv = reader.get("/reads/direct")
+            assert kv is not None and kv.value == b"v2"
+            assert reader.last_read["revision"] >= written.revision
+        after = _store_status(spec, store)
+    finally:
+        ray.get(handle.__ray_call__.remote(lambda actor: actor._start_index_channel()))
+
+    assert after["read_index_direct_calls"] >= before["read_index_direct_calls"] + 5
+    assert after["read_index_channel_calls"] == before["read_index_channel_calls"]
 
 
 def test_concurrent_reads_share_read_index_call(spec: ClusterSpec, client: Client) -> None:
@@ -161,6 +201,89 @@ def test_resumed_leader_serves_no_stale_read(spec: ClusterSpec, client: Client) 
         assert response.revision >= written.revision
     current = client.get("/reads/paused")
     assert current is not None and current.value == b"new"
+
+
+def _index_connection(endpoint: dict[str, Any], member: str) -> socket.socket:
+    connection = socket.create_connection((endpoint["host"], endpoint["port"]), timeout=30)
+    handshake = ClientHandshake(member, endpoint["secret"], role="replica")
+    connection.sendall(handshake.hello())
+    connection.sendall(handshake.answer(_receive(connection)))
+    handshake.check_accepted(_receive(connection))
+    return connection
+
+
+def _receive(connection: socket.socket) -> Any:
+    header = b""
+    while len(header) < 4:
+        part = connection.recv(4 - len(header))
+        assert part, "the replica closed the index connection"
+        header += part
+    (size,) = struct.unpack(">I", header)
+    body = b""
+    while len(body) < size:
+        body += connection.recv(size - len(body))
+    return msgpack.unpackb(body, raw=False)
+
+
+def test_resumed_leader_answers_no_stale_read_point(spec: ClusterSpec, client: Client) -> None:
+    # The index channel's thread answers from what the event loop published.
+    # A request that waited in the socket while the leader's process was
+    # stopped must be refused when it resumes: its lease ended meanwhile,
+    # and a new leader has committed a write the old read point lacks.
+    client.put("/reads/index-paused", b"old")
+    old_leader = _leader(spec)
+    handle = cluster.find_replica(spec, old_leader)
+    with _index_connection(ray.get(handle.index_channel.remote()), old_leader) as connection:
+        deadline = time.monotonic() + 10
+        while True:
+            connection.sendall(pack_frame([1, "index", 0]))
+            reply = _receive(connection)
+            if reply[1]:
+                break
+            assert time.monotonic() < deadline, f"the leader never answered on its index channel: {reply}"
+            time.sleep(0.05)
+        pid = _pid(handle)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            written = Client(spec, timeout_s=20.0).put("/reads/index-paused", b"new")
+            connection.sendall(pack_frame([2, "index", 0]))
+            time.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        reply = _receive(connection)
+
+    assert reply[:3] == [2, False, "Unavailable"], reply
+    current = client.get("/reads/index-paused")
+    assert current is not None and current.value == b"new"
+    assert client.last_read["revision"] >= written.revision
+
+
+def test_workload_through_the_index_channel_is_linearizable(spec: ClusterSpec,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Store leases are off in this module, so every linearizable read asks
+    # the leader for a ReadIndex, and the entries in its answers are applied
+    # ahead of the stores' streams.
+    _leader(spec)
+    before = sum(_store_status(spec, store)["read_index_channel_calls"] for store in spec.stores())
+    monkeypatch.setattr(chaos_workload, "THINK_TIME_S", 0.005)
+    recorder = HistoryRecorder()
+    results = WorkloadResults(recorder)
+    stop = threading.Event()
+    clients = [WorkloadClient(spec, number, data_center.name, results, stop, seed=number, timeout_s=20.0)
+               for number, data_center in enumerate(spec.data_centers * 2)]
+    for worker in clients:
+        worker.start()
+    time.sleep(WORKLOAD_S)
+    stop.set()
+    for worker in clients:
+        worker.join(timeout=60)
+    assert results.unexpected == []
+    history = recorder.history()
+    assert len(history) > 100
+    result = check_history(history, timeout_s=120)
+    assert result.outcome is Outcome.LINEARIZABLE, result
+    after = sum(_store_status(spec, store)["read_index_channel_calls"] for store in spec.stores())
+    assert after > before
 
 
 def test_store_recovers_from_paused_leader(spec: ClusterSpec) -> None:

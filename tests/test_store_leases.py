@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from rayconf.actors.store_leases import LEASE_DRIFT_FRACTION, StoreLeases, lease_duration_s, lease_read_target
+from rayconf.actors import store_leases
+from rayconf.actors.store_leases import (
+    LEASE_DRIFT_FRACTION,
+    StoreLeases,
+    lease_duration_s,
+    lease_read_target,
+    ranges_overlap,
+    window_spares,
+    window_writes,
+    write_ranges,
+)
+from rayconf.store.records import AuthChange, Command, Compact, DeleteRange, Put, RangeRequest, Txn
 
 
 def test_exposed_index_is_commit_without_holders() -> None:
@@ -88,3 +99,81 @@ def test_lease_read_target_rules() -> None:
     assert lease_read_target(now=1.0, expires=2.0, acked=11, exposed=10) is None
     # The lease has ended on the store's clock.
     assert lease_read_target(now=2.0, expires=2.0, acked=10, exposed=10) is None
+
+
+def _command(body: Txn | Compact | AuthChange) -> Command:
+    return Command(body=body, request_id="r1")
+
+
+def test_write_ranges_cover_both_branches_of_a_txn() -> None:
+    txn = Txn(success=(Put(b"/a", b"1"), RangeRequest(b"/r"), DeleteRange(b"/d/", b"/d0")),
+              failure=(Put(b"/b", b"2"), DeleteRange(b"/e")))
+    assert write_ranges(_command(txn)) == ((b"/a", None), (b"/d/", b"/d0"), (b"/b", None), (b"/e", None))
+    assert write_ranges(_command(Txn(success=(RangeRequest(b"/r"),)))) == (), "a read-only txn writes nothing"
+
+
+def test_compaction_and_auth_changes_may_write_everything() -> None:
+    assert write_ranges(_command(Compact(revision=5))) is None
+    assert write_ranges(_command(AuthChange(action="enable"))) is None
+
+
+@pytest.mark.parametrize("first, second, overlap", [
+    ((b"/a", None), (b"/a", None), True),
+    ((b"/a", None), (b"/b", None), False),
+    ((b"/a", None), (b"/a\x00", None), False),
+    ((b"/app/", b"/app0"), (b"/app/x", None), True),
+    ((b"/app/", b"/app0"), (b"/app0", None), False),
+    ((b"/app/", b"/app0"), (b"/ap", b"/app/"), False),
+    ((b"/app/", b"/app0"), (b"/ap", b"/app/\x00"), True),
+    ((b"/m", b""), (b"/z", None), True),
+    ((b"/m", b""), (b"/a", b"/m"), False),
+    ((b"", b""), (b"/anything", None), True),
+    ((b"/z", b"/a"), (b"/m", None), False),
+])
+def test_ranges_overlap(first: tuple[bytes, bytes | None], second: tuple[bytes, bytes | None],
+                        overlap: bool) -> None:
+    assert ranges_overlap(first, second) is overlap
+    assert ranges_overlap(second, first) is overlap
+
+
+def test_window_spares_reads_of_keys_no_entry_in_flight_writes() -> None:
+    writes = {11: ((b"/big/1", None),), 12: ((b"/big/2", None),)}
+    assert window_spares(writes, exposed=10, acked=12, reads=[(b"/small", None)])
+    assert window_spares(writes, exposed=10, acked=10, reads=[(b"/big/1", None)]), "an empty window spares all"
+    assert not window_spares(writes, exposed=10, acked=12, reads=[(b"/big/2", None)])
+    assert not window_spares(writes, exposed=10, acked=12, reads=[(b"/small", None), (b"/big/", b"/big0")])
+    assert not window_spares(writes, exposed=10, acked=13, reads=[(b"/small", None)]), "13 is unknown"
+    assert not window_spares({**writes, 13: None}, exposed=10, acked=13, reads=[(b"/small", None)])
+
+
+def test_window_spares_nothing_beyond_its_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_leases, "WINDOW_ENTRIES_MAX", 2)
+    writes = {index: ((b"/other", None),) for index in range(1, 10)}
+    assert window_spares(writes, exposed=5, acked=7, reads=[(b"/small", None)])
+    assert not window_spares(writes, exposed=5, acked=8, reads=[(b"/small", None)])
+    assert window_writes(writes, after=2, last=9) == [(8, ((b"/other", None),)), (9, ((b"/other", None),))]
+
+
+def test_window_writes_lists_known_entries_in_order() -> None:
+    writes = {4: None, 6: ((b"/a", None),), 9: ()}
+    assert window_writes(writes, after=3, last=8) == [(4, None), (6, ((b"/a", None),))]
+    assert window_writes(writes, after=8, last=8) == []
+
+
+def test_renewal_extends_only_a_running_lease_for_the_same_replica() -> None:
+    leases = StoreLeases()
+    leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
+    assert leases.renew("s1", "m1", now=0.5, duration_s=1.0)
+    assert leases.holders["s1"].expires == 1.5
+    assert not leases.renew("s1", "m2", now=0.6, duration_s=1.0), "another followed replica needs a grant"
+    assert not leases.renew("s2", "m1", now=0.6, duration_s=1.0), "a store without a lease needs a grant"
+    assert not leases.renew("s1", "m1", now=1.5, duration_s=1.0), "an ended lease needs a grant"
+    assert leases.holders["s1"].expires == 1.5
+    assert leases.holders["s1"].acked == 10, "a renewal confirms no index"
+
+
+def test_renewal_never_shortens_a_lease() -> None:
+    leases = StoreLeases()
+    leases.grant("s1", "m1", now=0.0, duration_s=2.0, index=10)
+    assert leases.renew("s1", "m1", now=0.5, duration_s=0.5)
+    assert leases.holders["s1"].expires == 2.0
