@@ -53,7 +53,8 @@ request and sends one request at a time on it. Then:
   `[request_id, True, grant]`, where grant is `[leader, term, duration_s,
   index, exposed, writes]` or None as `grant_read_lease` returns, and
   writes is `[[index, [[key, range_end], ...] or None], ...]`. A renewal
-  answered by the thread carries index 0 and no writes;
+  made by the thread carries the index the leader counts the store as
+  having confirmed, and no writes;
 - either may be answered by `[request_id, False, error_class, message,
   attributes]`, for instance `Unavailable` when the member holds no valid
   leader lease now.
@@ -88,7 +89,7 @@ logger = logging.getLogger(__name__)
 
 # A request frame holds an id, a kind and two member names at most.
 REQUEST_FRAME_BYTES_MAX = 1024
-# Longest member name in a lease request.
+# Maximum length of a member name in a lease request.
 NAME_BYTES_MAX = 256
 # Applied entries the thread keeps, by number and by bytes of data.
 RECENT_ENTRIES_MAX = 4096
@@ -190,10 +191,10 @@ class IndexChannelServer(ReadChannelServer):
         return read_point, self.entries_between(applied_index, read_point, REPLY_ENTRY_BYTES_MAX)
 
     def entries_between(self, after: int, last: int, size_max: int) -> list[tuple[int, str, bytes]]:
-        """Return the kept entries after `after` up to `last`, at most `size_max` bytes of data but one.
+        """Return the kept entries after `after` up to `last`, with at most `size_max` bytes of data.
 
-        Empty when the entry right after `after` is no longer kept. Called
-        from the thread and from the loop.
+        Empty when the entry right after `after` is no longer kept, or is
+        itself larger than that. Called from the thread and from the loop.
         """
         entries: list[tuple[int, str, bytes]] = []
         if after >= last:
@@ -206,7 +207,7 @@ class IndexChannelServer(ReadChannelServer):
             if entry[0] > last:
                 break
             size += len(entry[2])
-            if size > size_max and entries:
+            if size > size_max:
                 break
             entries.append(entry)
         return entries
@@ -336,10 +337,10 @@ class IndexChannels:
     async def grant_lease(self, member: str, following: str, term: int) -> tuple[bool, dict[str, Any] | None]:
         """Ask `member` for a read lease; return (True, its grant or None) or (False, None) to ask over Ray.
 
-        `term` is that of the lease the store holds from `member`, 0 for
-        none; a lease of the current term may be extended without the
-        replica's event loop. The grant is a dict as
-        `ReplicaActor.grant_read_lease` returns, None when the member grants none now.
+        `term` is the term of the store's lease from `member`, 0 for none.
+        The thread extends a lease of the current term without waiting for
+        the replica's event loop. The grant is a dict as
+        `ReplicaActor.grant_read_lease` returns it, None when the member grants none now.
         """
         fields = await self._call(member, "lease", [self.store, following, term], 1)
         if fields is None:
@@ -365,7 +366,7 @@ class IndexChannels:
             try:
                 return await asyncio.wait_for(self._ask(member, kind, arguments, fields), CALL_TIMEOUT_S)
             except RayconfError as refusal:
-                logger.debug("store %s: replica %s did not answer a %s request on its channel: %s", self.store,
+                logger.debug("store %s: replica %s refused a %s request on its channel: %s", self.store,
                              member, kind, refusal)
                 return None
             except (OSError, asyncio.TimeoutError, ChannelClosed, ValueError) as error:

@@ -26,6 +26,7 @@ Calls:
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import os
@@ -44,7 +45,15 @@ from rayconf.actors.raft.types import Message, MessageType, NodeId
 from rayconf.actors.replica_chunks import ReplicaChunks, chunk_digests_of
 from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
 from rayconf.actors.shard_store import store_actor_name
-from rayconf.actors.store_leases import StoreLeases, WriteRanges, lease_duration_s, window_writes, write_ranges
+from rayconf.actors.store_leases import (
+    WINDOW_ENTRIES_MAX,
+    ExposedIndex,
+    StoreLeases,
+    WriteRanges,
+    lease_duration_s,
+    window_writes,
+    write_ranges,
+)
 from rayconf.actors.transport import Transport
 from rayconf.errors import InvalidRequest, NotLeader, RayconfError, Unavailable
 from rayconf.store.auth import SECRET_BYTES, authorize_command, require_admin
@@ -100,8 +109,9 @@ class ReplicaActor:
         self.store_leases = StoreLeases()
         # The key ranges each entry this member proposed in term
         # `_entry_writes_term` may write, until every holder has it exposed.
-        self._entry_writes: dict[int, WriteRanges] = {}
+        self._entry_writes: collections.OrderedDict[int, WriteRanges] = collections.OrderedDict()
         self._entry_writes_term = 0
+        self._exposed = ExposedIndex()
         self._store_handles: dict[str, Any] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -198,17 +208,16 @@ class ReplicaActor:
         Every caller goes through here before it tells anyone an index, so
         the index channel's thread is given it first (see index_channel.py).
         """
-        # Capped at the applied index too: then the index channel's thread
-        # holds every entry up to the read point it serves.
-        exposed = min(self.store_leases.exposed(self.core.commit_index(), time.monotonic()),
-                      self.core.state.applied_index)
+        term = self.core.term()
+        exposed = self._exposed.next(term, self.store_leases.exposed(self.core.commit_index(), time.monotonic()),
+                                     self.core.state.applied_index, self.core.applied_entry_in_current_term())
         remaining_ticks = self.core.lease_remaining_ticks()
         lease_ends = 0.0
         if remaining_ticks > 0:
             # Counted from when the current tick was due, so a loop that has
             # not ticked for a while publishes a shorter lease, never a longer one.
             lease_ends = self._next_tick - self.tick_s + lease_duration_s(remaining_ticks, self.tick_s)
-        self._index_server.publish(self.core.term(), lease_ends, exposed)
+        self._index_server.publish(term, lease_ends, exposed)
         return exposed
 
     def _release_held(self) -> None:
@@ -322,6 +331,14 @@ class ReplicaActor:
             self._entry_writes.clear()
             self._entry_writes_term = term
         self._entry_writes[last_index + 1] = write_ranges(command)
+        # Stores check no wider window, so older entries are of no use even
+        # while no store holds a lease to prune them.
+        self._prune_entry_writes(last_index + 1 - WINDOW_ENTRIES_MAX)
+
+    def _prune_entry_writes(self, up_to: int) -> None:
+        """Forget the write ranges of the entries at or below `up_to`."""
+        while self._entry_writes and next(iter(self._entry_writes)) <= up_to:
+            self._entry_writes.popitem(last=False)
 
     async def read(self, request: RangeRequest, consistency: str = "linearizable",
                    timeout_s: float = 5.0, token: str | None = None) -> RangeResponse:
@@ -345,28 +362,31 @@ class ReplicaActor:
     async def committed_since(self, after_index: int, entries_max: int, wait_s: float) -> dict[str, Any]:
         """Return applied entries after `after_index`, waiting up to `wait_s` for new ones.
 
-        Returns {"snapshot": packed bytes, "entries": []} when the entries after
-        `after_index` are already compacted, so the caller must load the snapshot.
+        Returns {"snapshot": packed bytes, "snapshot_index": its index,
+        "entries": []} when the entries after `after_index` are already
+        compacted, so the caller must load the snapshot.
         Every reply also names the leader this member follows and the member
         pairs its fault filter blocks, so a store can reach the leader directly
         and still respect the partitions that tests and the nemesis set.
         """
         storage = self.core.storage
         if after_index + 1 < storage.first_index():
-            return self._stream_reply(storage.snapshot().data, [])
+            return self._stream_reply(storage.snapshot(), [])
         if self.core.state.applied_index <= after_index:
             try:
                 await asyncio.wait_for(self._wait_applied(after_index + 1), timeout=wait_s)
             except asyncio.TimeoutError:
                 return self._stream_reply(None, [])
             if after_index + 1 < storage.first_index():
-                return self._stream_reply(storage.snapshot().data, [])
+                return self._stream_reply(storage.snapshot(), [])
         high = min(self.core.state.applied_index, after_index + entries_max) + 1
         entries = storage.entries(after_index + 1, high, STREAM_BYTES_MAX)
         return self._stream_reply(None, [(entry.index, entry.type.value, entry.data) for entry in entries])
 
-    def _stream_reply(self, snapshot: bytes | None, entries: list[tuple[int, str, bytes]]) -> dict[str, Any]:
-        return {"snapshot": snapshot, "entries": entries, "leader_age_ms": self.leader_age_ms(),
+    def _stream_reply(self, snapshot: Any, entries: list[tuple[int, str, bytes]]) -> dict[str, Any]:
+        return {"snapshot": None if snapshot is None else snapshot.data,
+                "snapshot_index": 0 if snapshot is None else snapshot.metadata.index,
+                "entries": entries, "leader_age_ms": self.leader_age_ms(),
                 "leader": self.core.leader, "blocked": sorted(self.transport.faults.blocked)}
 
     async def _confirm_read_index(self, timeout_s: float) -> int:
@@ -466,8 +486,8 @@ class ReplicaActor:
         settings that never change, and changes only the holder's end in the
         locked lease table. It extends a lease of the current `term` up to
         the published end of the leader lease, which already leaves a tick
-        and the drift fraction. The store keeps the indexes it has; the
-        exposed index it gets is the published read point.
+        and the drift fraction. The store gets the index the leader counts it
+        as having confirmed, and the published read point as exposed index.
         """
         settings = self.core.settings
         if not (settings.lease_reads and settings.store_leases) or self._lease_cut_off(following):
@@ -477,10 +497,13 @@ class ReplicaActor:
         duration_s = lease_ends - now
         if published_term != term or duration_s < STORE_LEASE_MIN_S:
             return None
-        if not self.store_leases.renew(store, following, now, duration_s):
+        acked = self.store_leases.renew(store, following, now, duration_s)
+        if acked is None:
             return None
-        return {"leader": self.member, "term": term, "duration_s": duration_s, "index": 0, "exposed": read_point,
-                "writes": []}
+        # The leader counts the store as having every index up to `acked`; a
+        # store that missed the grant which set it learns it here.
+        return {"leader": self.member, "term": term, "duration_s": duration_s, "index": acked,
+                "exposed": read_point, "writes": []}
 
     def _push_lease_updates(self) -> None:
         """Send each lease holder the last log index and the exposed index it has not been sent yet.
@@ -512,8 +535,7 @@ class ReplicaActor:
             asyncio.ensure_future(self._send_lease_update(store, term, last_index, exposed, holder.expires,
                                                           new_writes, entries))
         # Every holder has been sent the entries up to the exposed index as exposed.
-        while self._entry_writes and next(iter(self._entry_writes)) <= exposed:
-            del self._entry_writes[next(iter(self._entry_writes))]
+        self._prune_entry_writes(exposed)
 
     async def _send_lease_update(self, store: str, term: int, index: int, exposed: int, expires: float,
                                  writes: Sequence[tuple[int, WriteRanges]],

@@ -187,6 +187,14 @@ class ReplicaCore:
     def commit_index(self) -> int:
         return self.node.raft.log.committed
 
+    def applied_entry_in_current_term(self) -> bool:
+        """Return whether the applied index is at or past the first entry of the current term.
+
+        Terms never fall along the log, so every entry of an earlier term is then applied.
+        """
+        raft = self.node.raft
+        return raft.log.term_or_zero(self.state.applied_index) == raft.term
+
     def last_index(self) -> int:
         return self.node.raft.log.last_index()
 

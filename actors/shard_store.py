@@ -135,6 +135,8 @@ class ShardStoreActor:
         self._index_channels = IndexChannels(name, self._index_endpoint)
         # The request for entries that lease reads waiting at the moment share.
         self._catching_up: asyncio.Future[None] | None = None
+        # The highest index a ReadIndex read was served at here.
+        self._read_index_served = 0
         self.read_index_channel_calls = 0
         # ReadIndex answers whose entries this store applied before its stream brought them.
         self.entries_from_leader = 0
@@ -176,7 +178,8 @@ class ShardStoreActor:
         while True:
             reply = await poll_committed(handle, self.state.applied_index, POLL_ENTRIES_MAX, POLL_WAIT_S)
             if reply["snapshot"] is not None:
-                self._load_snapshot(reply["snapshot"])
+                if reply.get("snapshot_index", 0) > self.state.applied_index:
+                    self._load_snapshot(reply["snapshot"])
                 continue
             for index, entry_type, data in reply["entries"]:
                 apply_streamed_entry(self.state, index, entry_type, data)
@@ -190,8 +193,7 @@ class ShardStoreActor:
     def _load_snapshot(self, packed: bytes) -> None:
         state = load_streamed_snapshot(packed, self._scratch)
         if state.applied_index <= self.state.applied_index:
-            # A poll sent before the store applied entries from the leader's
-            # index channel: its snapshot is older than the store's state.
+            # Entries from the leader arrived while it was unpacked.
             return
         self.state = state
         self.snapshots_loaded += 1
@@ -235,7 +237,10 @@ class ShardStoreActor:
         """Serve several ranges after one consistency check, shared by all of them."""
         deadline = time.monotonic() + timeout_s
         if consistency == "linearizable":
-            reads = [(request.key, request.range_end) for request in requests]
+            # A read pinned to a revision may name one the store has not
+            # applied yet, so only reads of the current state skip a window.
+            reads = None if any(request.revision for request in requests) else [
+                (request.key, request.range_end) for request in requests]
             index = await self._read_point(min_revision, deadline, timeout_s, reads)
         elif consistency == "serializable":
             if max_staleness_ms is not None:
@@ -258,8 +263,10 @@ class ShardStoreActor:
         return results
 
     async def _read_point(self, min_revision: int, deadline: float, timeout_s: float,
-                          reads: list[tuple[bytes, bytes | None]]) -> int:
+                          reads: list[tuple[bytes, bytes | None]] | None) -> int:
         """Return the log index to serve a linearizable read of `reads` at, applied here, at or above `min_revision`.
+
+        `reads` None means the read may not be served beside a write in flight.
 
         A `min_revision` that came from a write this client saw acknowledged
         is always covered. One seen only through a serializable read or a
@@ -276,6 +283,7 @@ class ShardStoreActor:
             if index is None:
                 index = await self._read_index(timeout_s)
                 await self._wait(lambda: self.state.applied_index >= index, deadline, f"apply index {index}")
+                self._read_index_served = max(self._read_index_served, index)
             revision = self.state.revision_at_index(index)
             if not min_revision or (revision is not None and revision >= min_revision):
                 return index
@@ -284,7 +292,7 @@ class ShardStoreActor:
                                   f"(revision {self.state.revision}); retry or read elsewhere")
             await asyncio.sleep(MIN_REVISION_POLL_S)
 
-    async def _lease_read_point(self, deadline: float, reads: list[tuple[bytes, bytes | None]]) -> int | None:
+    async def _lease_read_point(self, deadline: float, reads: list[tuple[bytes, bytes | None]] | None) -> int | None:
         """Return a read point from the lease, or None when the read must take the ReadIndex path.
 
         Everything a completed operation saw is at or below the last index
@@ -299,8 +307,10 @@ class ShardStoreActor:
         target = lease_read_target(now, self._lease_expires, self._lease_acked, self._lease_exposed)
         beside_writes = False
         if target is None:
-            if now >= self._lease_expires or not window_spares(self._lease_writes, self._lease_exposed,
-                                                               self._lease_acked, reads):
+            # A read beside writes is never served below a ReadIndex this
+            # store served, so the revisions it returns do not go back.
+            if (now >= self._lease_expires or reads is None or self._lease_exposed < self._read_index_served
+                    or not window_spares(self._lease_writes, self._lease_exposed, self._lease_acked, reads)):
                 return None
             target = self._lease_exposed
             beside_writes = True
@@ -310,7 +320,8 @@ class ShardStoreActor:
             return self.state.applied_index >= target
 
         if not applied():
-            await self._catch_up()
+            # Whichever brings the entries first: the leader's index channel or the stream.
+            self._start_catch_up()
         if not applied() and not await self._wait_until(applied, min(deadline, self._lease_expires)):
             return None
         if (self._lease_leader, self._lease_term) != (leader, term):
@@ -508,17 +519,15 @@ class ShardStoreActor:
             raise
         return index
 
-    async def _catch_up(self) -> None:
-        """Apply the committed entries the leader's index channel holds beyond this store's state.
+    def _start_catch_up(self) -> None:
+        """Start applying the committed entries the leader's index channel holds beyond this store's state.
 
         A lease read that needs entries the stream has not brought yet gets
         them from the leader in one round trip instead. Reads that wait at
-        the same time share one request. When the channel cannot answer, the
-        read waits for the stream as before.
+        the same time share one request, and keep waiting for the stream too.
         """
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = asyncio.ensure_future(self._fetch_entries())
-        await asyncio.shield(self._catching_up)
 
     async def _fetch_entries(self) -> None:
         leader = self.leader

@@ -129,20 +129,23 @@ class StoreLeases:
             self.granted += 1
             return holder
 
-    def renew(self, store: str, following: str, now: float, duration_s: float) -> bool:
-        """Extend the lease of `store` to `now + duration_s` if it has not ended; return whether it was extended.
+    def renew(self, store: str, following: str, now: float, duration_s: float) -> int | None:
+        """Extend the lease of `store` to `now + duration_s` if it has not ended; return its `acked`, or None.
 
         Only a lease for the same followed replica is extended. Anything else
-        needs a grant, which only the event loop makes. Safe to call from
-        another thread: the holder stays in the table until its new end.
+        needs a grant, which only the event loop makes. The store must take
+        the returned `acked` as received: it may have missed the grant that
+        set it, and writes up to it may have completed without waiting for
+        the store. Safe to call from another thread: the holder stays in the
+        table until its new end.
         """
         with self._lock:
             holder = self.holders.get(store)
             if holder is None or holder.expires <= now or holder.following != following:
-                return False
+                return None
             holder.expires = max(holder.expires, now + duration_s)
             self.granted += 1
-            return True
+            return holder.acked
 
     def exposed(self, commit: int, now: float) -> int:
         """Return the exposed index: `commit`, or less while an active holder has not confirmed it."""
@@ -181,6 +184,31 @@ class StoreLeases:
     def describe(self, now: float) -> dict[str, dict[str, int]]:
         return {store: {"acked": holder.acked, "expires_in_ms": int((holder.expires - now) * 1000)}
                 for store, holder in self.holders.items() if holder.expires > now}
+
+
+class ExposedIndex:
+    """The exposed index a leader hands out: capped at its applied index once that is safe, never falling in a term.
+
+    The cap lets the index channel's thread hold every entry up to the read
+    point it serves. It is safe once the applied index has reached the
+    leader's first entry of its term: every entry of an earlier term is then
+    applied, and so is every write of this term whose result has left. Before
+    that, a new leader's applied index may lag a write the old leader
+    completed, so the cap waits.
+    """
+
+    def __init__(self) -> None:
+        self.term = 0
+        self.handed_out = 0
+
+    def next(self, term: int, exposed: int, applied: int, applied_in_term: bool) -> int:
+        """Return the index to hand out now in `term`, given the table's `exposed` and the applied index."""
+        if term != self.term:
+            self.term, self.handed_out = term, 0
+        if applied_in_term:
+            exposed = min(exposed, applied)
+        self.handed_out = max(self.handed_out, exposed)
+        return self.handed_out
 
 
 def lease_read_target(now: float, expires: float, acked: int, exposed: int) -> int | None:

@@ -10,11 +10,13 @@ center) in a temporary data directory, with the default limits: values above
 - `get_10mib`: as many linearizable gets of those keys by a client without
   a chunk cache, so each value is fetched from the replicas, checked and
   reassembled.
-- `concurrent_puts`: `CONCURRENT_PUTS` threads, each with its own `Client`,
-  put one distinct 10 MiB value at the same moment. Meanwhile two other
-  processes read a small key in a loop (one linearizable, one
-  serializable), and a sampler reads each replica process's resident memory
-  (VmRSS and RssAnon in /proc) every `MEMORY_SAMPLE_INTERVAL_S`.
+- `concurrent_puts`: `CONCURRENT_ROUNDS` rounds in which `CONCURRENT_PUTS`
+  threads, each with its own `Client`, put one distinct 10 MiB value at the
+  same moment. Meanwhile two other processes read a small key in a loop
+  (one linearizable, one serializable), and a sampler reads each replica
+  process's resident memory (VmRSS and RssAnon in /proc) every
+  `MEMORY_SAMPLE_INTERVAL_S`. Only reads that began during a round count,
+  pooled over the rounds and also given per round.
 
 Latency is the time one caller waits for one operation. Throughput in MiB/s
 is value bytes moved over the phase's wall time. With 30 samples, p99 is close
@@ -45,6 +47,9 @@ RAY_CPUS = 2
 VALUE_BYTES = 10 * MIB
 SEQUENTIAL_OPERATIONS = 30
 CONCURRENT_PUTS = 20
+# Rounds of the concurrent puts; the small reads of all rounds are pooled,
+# so that their p99 rests on more samples than one round gives.
+CONCURRENT_ROUNDS = 3
 MEMORY_SAMPLE_INTERVAL_S = 0.05
 TIMEOUT_S = 120.0
 # The small readers use the stores' TCP read channels by default;
@@ -93,6 +98,7 @@ def measure(spec: cluster.ClusterSpec) -> dict[str, Any]:
         "value_bytes": VALUE_BYTES, "chunk_bytes": spec.limits.chunk_bytes,
         "inline_value_bytes_max": spec.limits.inline_value_bytes_max,
         "sequential_operations": SEQUENTIAL_OPERATIONS, "concurrent_puts": CONCURRENT_PUTS,
+        "concurrent_rounds": CONCURRENT_ROUNDS,
         "load_average_at_start": os.getloadavg(), "read_channel": READ_CHANNEL,
     }}
     client.put("/bench/small", b"warm")
@@ -144,10 +150,10 @@ def small_reads(client: Client, consistency: str, *, duration_s: float | None = 
 
 
 def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Random) -> dict[str, Any]:
-    log(f"{CONCURRENT_PUTS} concurrent 10 MiB puts with small reads and memory sampling")
+    log(f"{CONCURRENT_ROUNDS} rounds of {CONCURRENT_PUTS} concurrent 10 MiB puts with small reads and memory "
+        "sampling")
     pids = {member: ray.get(find_replica(spec, member).status.remote())["pid"] for member in spec.members()}
     baseline = {member: round(resident_mib(pid), 1) for member, pid in pids.items()}
-    values = [rng.randbytes(VALUE_BYTES) for _ in range(CONCURRENT_PUTS)]
     writers = [Client(spec, timeout_s=TIMEOUT_S) for _ in range(CONCURRENT_PUTS)]
     peak = dict(baseline)
     peak_anonymous = {member: round(resident_mib(pid, "RssAnon"), 1) for member, pid in pids.items()}
@@ -163,10 +169,10 @@ def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Rand
                 peak_anonymous[member] = max(peak_anonymous[member], round(resident_mib(pid, "RssAnon"), 1))
             time.sleep(MEMORY_SAMPLE_INTERVAL_S)
 
-    def put(number: int) -> None:
+    def put(key: str, number: int, value: bytes) -> None:
         began = time.perf_counter()
         try:
-            writers[number].put(f"/bench/concurrent/{number}", values[number])
+            writers[number].put(key, value)
         except Exception as error:  # counted in the figures
             errors.append(f"{type(error).__name__}: {error}")
             return
@@ -182,33 +188,46 @@ def concurrent_phase(spec: cluster.ClusterSpec, client: Client, rng: random.Rand
                for mode in ("linearizable", "serializable")]
     for reader in readers:
         reader.start()
-    reads = {}
     ready = [results.get(timeout=TIMEOUT_S) for _ in readers]
     assert ready == ["ready", "ready"], ready
     sampler = threading.Thread(target=sample)
-    threads = [threading.Thread(target=put, args=(number,)) for number in range(CONCURRENT_PUTS)]
     sampler.start()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall_s = time.perf_counter() - started
+    # The monotonic clock is the same in every process on one machine, so
+    # the readers' samples are matched to the rounds by when they began.
+    windows: list[tuple[float, float]] = []
+    for round_number in range(CONCURRENT_ROUNDS):
+        values = [rng.randbytes(VALUE_BYTES) for _ in range(CONCURRENT_PUTS)]
+        threads = [threading.Thread(target=put, args=(f"/bench/concurrent/{round_number}/{number}", number,
+                                                      values[number]))
+                   for number in range(CONCURRENT_PUTS)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        windows.append((started, time.monotonic()))
     stop.set()
     reader_stop.set()
     sampler.join()
+    reads: dict[str, list[tuple[float, float]]] = {}
     for _ in readers:
-        mode, latencies = results.get(timeout=TIMEOUT_S)
-        reads[mode] = latencies
+        mode, samples = results.get(timeout=TIMEOUT_S)
+        reads[mode] = samples
     for reader in readers:
         reader.join(timeout=TIMEOUT_S)
+    wall_s = sum(end - start for start, end in windows)
+    during = {mode: [[latency for began, latency in samples if start <= began < end] for start, end in windows]
+              for mode, samples in reads.items()}
     return {
-        "wall_s": round(wall_s, 2),
+        "rounds": CONCURRENT_ROUNDS,
+        "wall_s_per_round": [round(end - start, 2) for start, end in windows],
         "mib_per_s": round(len(put_latencies) * VALUE_BYTES / MIB / wall_s, 1),
         "put_latency": percentiles_ms(put_latencies),
         "errors": errors[:5],
-        "small_read_during_load_linearizable": percentiles_ms(reads["linearizable"]),
-        "small_read_during_load_serializable": percentiles_ms(reads["serializable"]),
+        "small_read_during_load_linearizable": percentiles_ms(sum(during["linearizable"], [])),
+        "small_read_during_load_serializable": percentiles_ms(sum(during["serializable"], [])),
+        "small_read_p99_ms_per_round": {mode: [percentiles_ms(samples).get("p99_ms") for samples in rounds]
+                                        for mode, rounds in during.items()},
         "replica_rss_mib_before": baseline,
         "replica_rss_mib_peak_sampled": peak,
         "replica_anonymous_rss_mib_before": baseline_anonymous,
@@ -226,10 +245,10 @@ def read_small_in_process(gcs_address: str, spec: cluster.ClusterSpec, consisten
     client = Client(spec, timeout_s=TIMEOUT_S, session=False, read_channel=READ_CHANNEL)
     client.get("/bench/small", consistency=consistency)
     results.put("ready")
-    latencies = []
+    samples = []
     while not stop.is_set():
-        began = time.perf_counter()
+        began = time.monotonic()
         client.get("/bench/small", consistency=consistency)
-        latencies.append(time.perf_counter() - began)
-    results.put((consistency, latencies))
+        samples.append((began, time.monotonic() - began))
+    results.put((consistency, samples))
     ray.shutdown()

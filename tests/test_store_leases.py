@@ -7,6 +7,7 @@ import pytest
 from rayconf.actors import store_leases
 from rayconf.actors.store_leases import (
     LEASE_DRIFT_FRACTION,
+    ExposedIndex,
     StoreLeases,
     lease_duration_s,
     lease_read_target,
@@ -163,17 +164,44 @@ def test_window_writes_lists_known_entries_in_order() -> None:
 def test_renewal_extends_only_a_running_lease_for_the_same_replica() -> None:
     leases = StoreLeases()
     leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
-    assert leases.renew("s1", "m1", now=0.5, duration_s=1.0)
+    assert leases.renew("s1", "m1", now=0.5, duration_s=1.0) == 10, "the store learns what the leader counts"
     assert leases.holders["s1"].expires == 1.5
-    assert not leases.renew("s1", "m2", now=0.6, duration_s=1.0), "another followed replica needs a grant"
-    assert not leases.renew("s2", "m1", now=0.6, duration_s=1.0), "a store without a lease needs a grant"
-    assert not leases.renew("s1", "m1", now=1.5, duration_s=1.0), "an ended lease needs a grant"
+    assert leases.renew("s1", "m2", now=0.6, duration_s=1.0) is None, "another followed replica needs a grant"
+    assert leases.renew("s2", "m1", now=0.6, duration_s=1.0) is None, "a store without a lease needs a grant"
+    assert leases.renew("s1", "m1", now=1.5, duration_s=1.0) is None, "an ended lease needs a grant"
     assert leases.holders["s1"].expires == 1.5
     assert leases.holders["s1"].acked == 10, "a renewal confirms no index"
+
+
+def test_renewal_after_a_lost_grant_hands_the_store_the_granted_index() -> None:
+    # The lease ended, the loop granted a new one at index 20, and its reply
+    # never reached the store, which still has 10. Writes up to 20 may have
+    # completed without it, so a renewal must raise the store to 20.
+    leases = StoreLeases()
+    leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
+    leases.grant("s1", "m1", now=2.0, duration_s=1.0, index=20)
+    assert leases.renew("s1", "m1", now=2.5, duration_s=1.0) == 20
 
 
 def test_renewal_never_shortens_a_lease() -> None:
     leases = StoreLeases()
     leases.grant("s1", "m1", now=0.0, duration_s=2.0, index=10)
-    assert leases.renew("s1", "m1", now=0.5, duration_s=0.5)
+    assert leases.renew("s1", "m1", now=0.5, duration_s=0.5) == 10
     assert leases.holders["s1"].expires == 2.0
+
+
+def test_new_leader_hands_out_no_index_below_its_commit_before_applying_its_term() -> None:
+    # The old leader completed a write at 5. The new leader has commit 6 but
+    # has applied only 4, none of its own term: capping at 4 would miss it.
+    exposed = ExposedIndex()
+    assert exposed.next(term=3, exposed=6, applied=4, applied_in_term=False) == 6
+    assert exposed.next(term=3, exposed=6, applied=6, applied_in_term=True) == 6
+
+
+def test_exposed_index_is_capped_at_applied_and_never_falls_in_a_term() -> None:
+    exposed = ExposedIndex()
+    assert exposed.next(term=2, exposed=10, applied=8, applied_in_term=True) == 8
+    assert exposed.next(term=2, exposed=12, applied=11, applied_in_term=True) == 11
+    assert exposed.next(term=2, exposed=12, applied=9, applied_in_term=False) == 12
+    assert exposed.next(term=2, exposed=13, applied=10, applied_in_term=True) == 12, "not below 12, handed out"
+    assert exposed.next(term=3, exposed=9, applied=9, applied_in_term=True) == 9, "a new term starts afresh"
