@@ -52,6 +52,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -251,6 +252,34 @@ class ClientHandshake:
     def check_accepted(self, verdict: object) -> None:
         if verdict != [PROTOCOL, "ok"]:
             raise ChannelClosed(f"{self.role} {self.name} did not accept the connection: {_detail(verdict)}")
+
+
+def handshake_blocking(connection: socket.socket, name: str, secret: bytes, role: str = "store") -> None:
+    """Run the client's half of the handshake on a blocking socket; raise `ChannelClosed` if it fails."""
+    handshake = ClientHandshake(name, secret, role)
+    connection.sendall(handshake.hello())
+    connection.sendall(handshake.answer(receive_frame(connection, HANDSHAKE_FRAME_BYTES_MAX)))
+    handshake.check_accepted(receive_frame(connection, HANDSHAKE_FRAME_BYTES_MAX))
+
+
+def receive_frame(connection: socket.socket, size_max: int) -> Any:
+    """Read one frame from a blocking socket; raise `ChannelClosed` when the peer closes or it is too large."""
+    (size,) = FRAME_HEADER.unpack(_receive_exactly(connection, FRAME_HEADER.size))
+    if size > size_max:
+        raise ChannelClosed(f"a frame of {size} bytes is above the limit of {size_max} bytes")
+    return unpack_body(_receive_exactly(connection, size))
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+    parts = []
+    remaining = size
+    while remaining:
+        part = connection.recv(min(remaining, 1 << 20))
+        if not part:
+            raise ChannelClosed("the peer closed the connection")
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
 
 
 def _detail(frame: object) -> str:

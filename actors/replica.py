@@ -33,8 +33,8 @@ import os
 import resource
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ray

@@ -80,8 +80,8 @@ POLL_WAIT_S = 0.25
 POLL_ENTRIES_MAX = 1000
 # Pause between lease requests while the leader grants none (unknown, cut off, or refusing).
 LEASE_RETRY_S = 0.1
-# A held lease is renewed when this fraction of it has passed, or sooner
-# while grant calls are slow; never less than the minimum wait apart.
+# A held lease is renewed when this fraction of it has passed. While grant
+# calls are slow it is renewed sooner, but never within the minimum wait.
 LEASE_RENEW_FRACTION = 1 / 3
 LEASE_RENEW_MIN_WAIT_S = 0.005
 # Recent grant calls whose durations set how early a lease is renewed.
@@ -556,7 +556,7 @@ class ShardStoreActor:
                 self._progress.notify_all()
 
     async def _index_endpoint(self, member: str) -> dict[str, Any] | None:
-        """Return the endpoint of `member`'s index channel, or None when it has none or cannot say."""
+        """Return the endpoint of `member`'s index channel, or None when it has none or cannot be asked."""
         try:
             endpoint: dict[str, Any] | None = await asyncio.wait_for(
                 self._replica_handle(member).index_channel.remote(), timeout=CALL_MARGIN_S)

@@ -41,17 +41,17 @@ import ray
 
 from rayconf.actors.cluster import ClusterSpec, find_store
 from rayconf.actors.read_channel import (
-    FRAME_HEADER,
     HANDSHAKE_FRAME_BYTES_MAX,
     REPLY_FRAME_BYTES_MAX,
     REPLY_TOO_LARGE,
     ChannelClosed,
     ClientHandshake,
+    handshake_blocking,
     pack_frame,
     parse_response,
     read_frame,
+    receive_frame,
     rebuild_error,
-    unpack_body,
 )
 from rayconf.errors import InvalidRequest, Unavailable
 from rayconf.store.codec import range_request_fields
@@ -182,7 +182,7 @@ class ReadChannels:
             try:
                 connection.settimeout(attempt_s + 1)
                 connection.sendall(frame)
-                reply = _receive(connection, REPLY_FRAME_BYTES_MAX)
+                reply = receive_frame(connection, REPLY_FRAME_BYTES_MAX)
                 break
             except socket.timeout:
                 self._drop(store)
@@ -251,10 +251,7 @@ class ReadChannels:
         try:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection.settimeout(attempt_s + 1)
-            handshake = ClientHandshake(store, endpoint["secret"])
-            connection.sendall(handshake.hello())
-            connection.sendall(handshake.answer(_receive(connection, HANDSHAKE_FRAME_BYTES_MAX)))
-            handshake.check_accepted(_receive(connection, HANDSHAKE_FRAME_BYTES_MAX))
+            handshake_blocking(connection, store, endpoint["secret"])
         except socket.timeout:
             connection.close()
             raise _no_reply(store, attempt_s + 1) from None
@@ -273,25 +270,6 @@ class ReadChannels:
         """Close this thread's connections; other threads' close when their threads end."""
         for connection in self._local.__dict__.pop("connections", {}).values():
             connection.close()
-
-
-def _receive(connection: socket.socket, size_max: int) -> Any:
-    (size,) = FRAME_HEADER.unpack(_receive_exactly(connection, FRAME_HEADER.size))
-    if size > size_max:
-        raise ChannelClosed(f"a frame of {size} bytes is above the limit of {size_max} bytes")
-    return unpack_body(_receive_exactly(connection, size))
-
-
-def _receive_exactly(connection: socket.socket, size: int) -> bytes:
-    parts = []
-    remaining = size
-    while remaining:
-        part = connection.recv(min(remaining, 1 << 20))
-        if not part:
-            raise ChannelClosed("the store closed the connection")
-        parts.append(part)
-        remaining -= len(part)
-    return b"".join(parts)
 
 
 class _AsyncConnection:

@@ -295,3 +295,23 @@ def _output(op_input: h.Input, response: r.TxnResponse) -> h.Output | None:
         assert isinstance(read, r.RangeResponse)
         reads.append(read.kvs[0].value if read.kvs else None)
     return h.TxnResult(False, tuple(reads))
+
+
+def run_clients(spec: ClusterSpec, duration_s: float, *, clients_per_data_center: int = 2,
+                timeout_s: float = 20.0) -> WorkloadResults:
+    """Run workload clients in every data center for `duration_s`, then stop them; return what they recorded.
+
+    The history is in the result's `recorder`. Tests use it to check a
+    cluster's history under a given setting; the nemesis runs its own clients.
+    """
+    results = WorkloadResults(h.HistoryRecorder())
+    stop = threading.Event()
+    clients = [WorkloadClient(spec, number, data_center.name, results, stop, seed=number, timeout_s=timeout_s)
+               for number, data_center in enumerate(spec.data_centers * clients_per_data_center)]
+    for client in clients:
+        client.start()
+    time.sleep(duration_s)
+    stop.set()
+    for client in clients:
+        client.join(timeout=60)
+    return results

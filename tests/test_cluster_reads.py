@@ -17,24 +17,19 @@ import dataclasses
 import os
 import signal
 import socket
-import struct
-import threading
 import time
 from typing import Any, Iterator
 
-import msgpack
 
 import pytest
 import ray
 
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
-from rayconf.actors.read_channel import ClientHandshake, pack_frame
+from rayconf.actors.read_channel import handshake_blocking, pack_frame, receive_frame
 from rayconf.clients.client import Client
 from rayconf.errors import NotLeader, Unavailable
 from rayconf.sims import chaos_workload
-from rayconf.sims.chaos_workload import WorkloadClient, WorkloadResults
-from rayconf.sims.history import HistoryRecorder
 from rayconf.sims.linearizability import Outcome, check_history
 from rayconf.store.records import RangeRequest
 
@@ -205,24 +200,12 @@ def test_resumed_leader_serves_no_stale_read(spec: ClusterSpec, client: Client) 
 
 def _index_connection(endpoint: dict[str, Any], member: str) -> socket.socket:
     connection = socket.create_connection((endpoint["host"], endpoint["port"]), timeout=30)
-    handshake = ClientHandshake(member, endpoint["secret"], role="replica")
-    connection.sendall(handshake.hello())
-    connection.sendall(handshake.answer(_receive(connection)))
-    handshake.check_accepted(_receive(connection))
+    handshake_blocking(connection, member, endpoint["secret"], role="replica")
     return connection
 
 
 def _receive(connection: socket.socket) -> Any:
-    header = b""
-    while len(header) < 4:
-        part = connection.recv(4 - len(header))
-        assert part, "the replica closed the index connection"
-        header += part
-    (size,) = struct.unpack(">I", header)
-    body = b""
-    while len(body) < size:
-        body += connection.recv(size - len(body))
-    return msgpack.unpackb(body, raw=False)
+    return receive_frame(connection, 1 << 20)
 
 
 def test_resumed_leader_answers_no_stale_read_point(spec: ClusterSpec, client: Client) -> None:
@@ -266,19 +249,9 @@ def test_workload_through_the_index_channel_is_linearizable(spec: ClusterSpec,
     _leader(spec)
     before = sum(_store_status(spec, store)["read_index_channel_calls"] for store in spec.stores())
     monkeypatch.setattr(chaos_workload, "THINK_TIME_S", 0.005)
-    recorder = HistoryRecorder()
-    results = WorkloadResults(recorder)
-    stop = threading.Event()
-    clients = [WorkloadClient(spec, number, data_center.name, results, stop, seed=number, timeout_s=20.0)
-               for number, data_center in enumerate(spec.data_centers * 2)]
-    for worker in clients:
-        worker.start()
-    time.sleep(WORKLOAD_S)
-    stop.set()
-    for worker in clients:
-        worker.join(timeout=60)
+    results = chaos_workload.run_clients(spec, WORKLOAD_S)
     assert results.unexpected == []
-    history = recorder.history()
+    history = results.recorder.history()
     assert len(history) > 100
     result = check_history(history, timeout_s=120)
     assert result.outcome is Outcome.LINEARIZABLE, result

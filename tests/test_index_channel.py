@@ -16,12 +16,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import msgpack
 import pytest
 
 from rayconf.actors import index_channel
 from rayconf.actors.index_channel import IndexChannels, IndexChannelServer
-from rayconf.actors.read_channel import ClientHandshake, pack_frame
+from rayconf.actors.read_channel import ChannelClosed, handshake_blocking, pack_frame, receive_frame
 from rayconf.errors import Unavailable
 
 MEMBER = "dc-a-1"
@@ -67,8 +66,7 @@ def _lease(seconds: float = 30.0) -> float:
     return time.monotonic() + seconds
 
 
-def test_answer_is_the_published_read_point_with_the_entries_the_store_lacks(
-        server: IndexChannelServer) -> None:
+def test_answer_carries_read_point_and_missing_entries(server: IndexChannelServer) -> None:
     server.remember(_entries(1, 10))
     server.publish(term=2, lease_ends=_lease(), read_point=8)
 
@@ -78,7 +76,7 @@ def test_answer_is_the_published_read_point_with_the_entries_the_store_lacks(
     assert server.counters["answers"] == 1
 
 
-def test_no_entries_when_the_store_is_current_or_the_thread_lacks_the_next(server: IndexChannelServer) -> None:
+def test_answer_without_entries(server: IndexChannelServer) -> None:
     server.remember(_entries(20, 30))
     server.publish(term=2, lease_ends=_lease(), read_point=30)
 
@@ -98,7 +96,7 @@ def test_entries_stop_at_the_reply_limit(server: IndexChannelServer, monkeypatch
     assert server.answer(0) == (5, []), "an entry above the limit alone stays for the stream to bring"
 
 
-def test_ended_lease_is_refused_and_the_store_asks_over_ray(server: IndexChannelServer) -> None:
+def test_ended_lease_refused(server: IndexChannelServer) -> None:
     server.publish(term=3, lease_ends=time.monotonic() - 0.001, read_point=12)
 
     channels, answer = _ask(server, applied_index=0)
@@ -125,7 +123,7 @@ def test_read_point_never_falls_within_a_term(server: IndexChannelServer) -> Non
     assert server.answer(100)[0] == 45, "a new term starts from what its leader computed"
 
 
-def test_kept_entries_restart_after_a_gap_and_stay_within_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kept_entries_limits_and_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index_channel, "RECENT_ENTRIES_MAX", 4)
     monkeypatch.setattr(index_channel, "RECENT_BYTES_MAX", 1000)
     kept = IndexChannelServer(MEMBER)
@@ -144,8 +142,7 @@ def test_kept_entries_restart_after_a_gap_and_stay_within_limits(monkeypatch: py
     assert kept.answer(51)[1] == [(52, "normal", b"x" * 999)]
 
 
-def test_wrong_secret_is_rejected_and_the_member_is_asked_over_ray_for_a_while(
-        server: IndexChannelServer) -> None:
+def test_wrong_secret_rejected(server: IndexChannelServer) -> None:
     server.publish(term=1, lease_ends=_lease(), read_point=3)
 
     channels, answer = _ask(server, applied_index=0, secret=b"\x00" * 32)
@@ -171,25 +168,16 @@ def _handshake(server: IndexChannelServer) -> socket.socket:
     endpoint = server.endpoint()
     assert endpoint is not None
     connection = socket.create_connection((endpoint["host"], endpoint["port"]), timeout=5)
-    handshake = ClientHandshake(MEMBER, endpoint["secret"], role="replica")
-    connection.sendall(handshake.hello())
-    connection.sendall(handshake.answer(_receive(connection)))
-    handshake.check_accepted(_receive(connection))
+    handshake_blocking(connection, MEMBER, endpoint["secret"], role="replica")
     return connection
 
 
 def _receive(connection: socket.socket) -> Any:
-    header = b""
-    while len(header) < 4:
-        part = connection.recv(4 - len(header))
-        if not part:
-            return None
-        header += part
-    (size,) = struct.unpack(">I", header)
-    body = b""
-    while len(body) < size:
-        body += connection.recv(size - len(body))
-    return msgpack.unpackb(body, raw=False)
+    """Return the next frame, or None once the server has closed the connection."""
+    try:
+        return receive_frame(connection, 1 << 30)
+    except ChannelClosed:
+        return None
 
 
 @pytest.mark.parametrize("request_body", [

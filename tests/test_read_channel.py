@@ -24,6 +24,7 @@ from rayconf.actors import read_channel
 from rayconf.actors.read_channel import (
     NONCE_BYTES,
     PROTOCOL,
+    ChannelClosed,
     ReadChannelServer,
     error_fields,
     pack_frame,
@@ -31,6 +32,7 @@ from rayconf.actors.read_channel import (
     proof,
     parse_response,
     rebuild_error,
+    receive_frame,
     response_fields,
 )
 from rayconf.clients.client import check_min_revision
@@ -108,17 +110,11 @@ def _connect(server: ReadChannelServer) -> socket.socket:
 
 
 def _receive(connection: socket.socket) -> Any:
-    header = b""
-    while len(header) < 4:
-        part = connection.recv(4 - len(header))
-        if not part:
-            return None
-        header += part
-    (size,) = struct.unpack(">I", header)
-    body = b""
-    while len(body) < size:
-        body += connection.recv(size - len(body))
-    return msgpack.unpackb(body, raw=False)
+    """Return the next frame, or None once the server has closed the connection."""
+    try:
+        return receive_frame(connection, 1 << 30)
+    except ChannelClosed:
+        return None
 
 
 def test_blocking_reads_return_served_ranges(served: tuple[FakeStore, ReadChannelServer]) -> None:

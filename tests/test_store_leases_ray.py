@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from typing import Any, Iterator
 
@@ -24,8 +23,6 @@ from rayconf.actors.cluster import ClusterSpec
 from rayconf.clients.client import Client
 from rayconf.errors import Unavailable
 from rayconf.sims import chaos_workload
-from rayconf.sims.chaos_workload import WorkloadClient, WorkloadResults
-from rayconf.sims.history import HistoryRecorder
 from rayconf.sims.linearizability import Outcome, check_history
 from rayconf.store.records import RangeRequest
 
@@ -134,19 +131,9 @@ def test_workload_is_linearizable(spec: ClusterSpec, monkeypatch: pytest.MonkeyP
     _wait_for_leases(spec, spec.stores())
     before = {store: _store_status(spec, store)["lease_reads"] for store in spec.stores()}
     monkeypatch.setattr(chaos_workload, "THINK_TIME_S", 0.005)
-    recorder = HistoryRecorder()
-    results = WorkloadResults(recorder)
-    stop = threading.Event()
-    clients = [WorkloadClient(spec, number, data_center.name, results, stop, seed=number, timeout_s=20.0)
-               for number, data_center in enumerate(spec.data_centers * 2)]
-    for client in clients:
-        client.start()
-    time.sleep(WORKLOAD_S)
-    stop.set()
-    for client in clients:
-        client.join(timeout=60)
+    results = chaos_workload.run_clients(spec, WORKLOAD_S)
     assert results.unexpected == []
-    history = recorder.history()
+    history = results.recorder.history()
     assert len(history) > 100
     result = check_history(history, timeout_s=120)
     assert result.outcome is Outcome.LINEARIZABLE, result
