@@ -74,9 +74,11 @@ from typing import Any
 
 from rayconf.actors.read_channel import (
     HANDSHAKE_FRAME_BYTES_MAX,
+    SEND_TIMEOUT_S,
     ChannelClosed,
     ClientHandshake,
     ReadChannelServer,
+    drained,
     error_fields,
     pack_frame,
     read_frame,
@@ -95,7 +97,7 @@ NAME_BYTES_MAX = 256
 RECENT_ENTRIES_MAX = 4096
 RECENT_BYTES_MAX = 8 * 1024 * 1024
 # Bytes of entry data in one reply; a store gets the rest through its stream.
-REPLY_ENTRY_BYTES_MAX = 4 * 1024 * 1024
+REPLY_ENTRY_BYTES_MAX = 1024 * 1024
 # Time for the thread's socket to start listening.
 START_TIMEOUT_S = 10.0
 # A reply is an index with entries, or a short error.
@@ -104,6 +106,8 @@ REPLY_FRAME_BYTES_MAX = REPLY_ENTRY_BYTES_MAX + 1024 * 1024
 CALL_TIMEOUT_S = 1.0
 # After a connection failed or an answer was late, a store asks that member over Ray for this long.
 OVER_RAY_S = 5.0
+# A connection that sends no request for this long is closed; its store opens a new one when it needs it.
+CONNECTION_IDLE_S = 600.0
 
 
 class IndexChannelServer(ReadChannelServer):
@@ -252,15 +256,20 @@ class IndexChannelServer(ReadChannelServer):
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
-            frame = await read_frame(reader, REQUEST_FRAME_BYTES_MAX)
+            try:
+                frame = await asyncio.wait_for(read_frame(reader, REQUEST_FRAME_BYTES_MAX), CONNECTION_IDLE_S)
+            except asyncio.TimeoutError:
+                raise ChannelClosed(f"no request for {CONNECTION_IDLE_S:g} s") from None
             request_id = _request_id(frame)
             try:
                 body = [request_id, True, *await self._serve(frame)]
             except RayconfError as error:
                 body = [request_id, False, *error_fields(error)]
             writer.write(pack_frame(body))
-            # A store sends one request at a time, so a full buffer means it reads none.
-            await writer.drain()
+            # A store sends one request at a time and reads each reply, so
+            # a reply that does not leave the buffer means a peer that reads none.
+            if not await drained(writer):
+                raise ChannelClosed(f"the peer closed the connection or read no reply for {SEND_TIMEOUT_S:g} s")
 
     async def _serve(self, frame: list[Any]) -> list[Any]:
         """Return the fields of the answer to one checked request, after the id and True."""

@@ -449,7 +449,7 @@ class ReadChannelServer:
         async with send_lock:
             if writer.is_closing():
                 return
-            if not await _drained(writer):
+            if not await drained(writer):
                 logger.warning("store %s cut off a read connection from %s: its unsent replies did not shrink "
                                "for %g s", self.store, writer.get_extra_info("peername"), SEND_TIMEOUT_S)
                 writer.transport.abort()
@@ -457,7 +457,7 @@ class ReadChannelServer:
             writer.write(pack_frame(body))
 
 
-async def _drained(writer: asyncio.StreamWriter) -> bool:
+async def drained(writer: asyncio.StreamWriter) -> bool:
     """Wait until the write buffer is below its limit; return False when it did not shrink for `SEND_TIMEOUT_S`."""
     size = writer.transport.get_write_buffer_size()
     while True:

@@ -76,6 +76,11 @@ STREAM_BYTES_MAX = 4 * 1024 * 1024
 STORE_LEASE_MIN_S = 0.02
 # Bytes of newly exposed entries sent with one lease update; beyond it the store's stream brings them.
 LEASE_UPDATE_ENTRY_BYTES_MAX = 1024 * 1024
+# A name that no store actor had is refused leases for this long before it is looked up again.
+NOT_A_STORE_S = 10.0
+# Names kept in the lookup and logging tables; beyond it the tables start afresh.
+NOT_STORES_KEPT = 1024
+UPDATE_FAILURE_LOG_INTERVAL_S = 10.0
 
 
 @ray.remote
@@ -113,6 +118,10 @@ class ReplicaActor:
         self._entry_writes_term = 0
         self._exposed = ExposedIndex()
         self._store_handles: dict[str, Any] = {}
+        # Store names that no actor had, by when that was found; and when a
+        # failed lease update to each store was last logged.
+        self._not_stores: dict[str, float] = {}
+        self._update_failures_logged: dict[str, float] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -466,6 +475,10 @@ class ReplicaActor:
         settings = self.core.settings
         if not (settings.lease_reads and settings.store_leases) or self._lease_cut_off(following):
             return None
+        members = self.core.conf_state
+        if following not in (*members.voters, *members.learners) or not await self._is_store(store):
+            # Writes wait for every holder, so only a running store of this cluster may hold a lease.
+            return None
         if self._advance_clock():
             self._wake.set()
         duration_s = lease_duration_s(self.core.lease_remaining_ticks(), self.tick_s)
@@ -478,6 +491,23 @@ class ReplicaActor:
         writes = window_writes(self._entry_writes, exposed, last_index) if term == self._entry_writes_term else []
         return {"leader": self.member, "term": term, "duration_s": duration_s, "index": last_index,
                 "exposed": exposed, "writes": writes}
+
+    async def _is_store(self, store: str) -> bool:
+        """Return whether a shard store actor named `store` runs in this cluster; a miss is remembered a while."""
+        if store in self._store_handles:
+            return True
+        missed = self._not_stores.get(store)
+        if missed is not None and time.monotonic() - missed < NOT_A_STORE_S:
+            return False
+        try:
+            handle = await asyncio.to_thread(ray.get_actor, store_actor_name(store), namespace=self.transport.namespace)
+        except ValueError:
+            if len(self._not_stores) >= NOT_STORES_KEPT:
+                self._not_stores.clear()
+            self._not_stores[store] = time.monotonic()
+            return False
+        self._store_handles[store] = handle
+        return True
 
     def _renew_read_lease(self, store: str, following: str, term: int) -> dict[str, Any] | None:
         """Extend the running lease of `store` from the index channel's thread; None when the loop must grant.
@@ -549,10 +579,16 @@ class ReplicaActor:
             accepted: bool = await asyncio.wait_for(
                 handle.lease_update.remote(self.member, term, index, exposed, writes, entries), timeout=timeout)
         except (asyncio.TimeoutError, ValueError, ray.exceptions.RayError) as error:
-            # The lease ends on its own; until then writes wait for this store.
             if not isinstance(error, asyncio.TimeoutError):
                 self._store_handles.pop(store, None)
-            logger.info("replica %s: lease update to store %s failed: %s", self.member, store, type(error).__name__)
+            self._log_update_failure(store, error)
+            if isinstance(error, ValueError):
+                # No store has that name any more: none can read under the
+                # lease, so writes stop waiting for it.
+                self.store_leases.drop(store)
+                self._release_held()
+                return
+            # The lease ends on its own; until then writes wait for this store.
             self.store_leases.resend(store)
             return
         if self.core.term() != term:
@@ -567,6 +603,18 @@ class ReplicaActor:
         self._release_held()
         # Every holder may now have confirmed a committed index: send the new exposed index.
         self._push_lease_updates()
+
+    def _log_update_failure(self, store: str, error: BaseException) -> None:
+        """Log a failed lease update, at most once per `UPDATE_FAILURE_LOG_INTERVAL_S` for each store."""
+        now = time.monotonic()
+        last_logged = self._update_failures_logged.get(store, -UPDATE_FAILURE_LOG_INTERVAL_S)
+        if now - last_logged < UPDATE_FAILURE_LOG_INTERVAL_S:
+            return
+        if len(self._update_failures_logged) >= NOT_STORES_KEPT:
+            self._update_failures_logged.clear()
+        self._update_failures_logged[store] = now
+        logger.info("replica %s: lease update to store %s failed: %s (logged at most every %g s)", self.member,
+                    store, type(error).__name__, UPDATE_FAILURE_LOG_INTERVAL_S)
 
     def _lease_cut_off(self, following: str) -> bool:
         blocked = self.transport.faults.blocked

@@ -157,6 +157,11 @@ class StoreLeases:
             for store in [store for store, holder in self.holders.items() if holder.expires <= now]:
                 del self.holders[store]
 
+    def drop(self, store: str) -> None:
+        """Forget the lease of `store`, which no longer exists; writes stop waiting for it."""
+        with self._lock:
+            self.holders.pop(store, None)
+
     def acknowledge(self, store: str, index: int, exposed: int) -> None:
         """Record that `store` accepted an update carrying `index` and `exposed`."""
         holder = self.holders.get(store)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from rayconf.actors import index_channel
+from rayconf.actors import index_channel, read_channel
 from rayconf.actors.index_channel import IndexChannels, IndexChannelServer
 from rayconf.actors.read_channel import ChannelClosed, handshake_blocking, pack_frame, receive_frame
 from rayconf.errors import Unavailable
@@ -332,3 +332,36 @@ def test_stopped_server_refuses_connections() -> None:
     stopped.stop_thread()
     with pytest.raises(OSError):
         socket.create_connection((endpoint["host"], endpoint["port"]), timeout=2).close()
+
+
+def test_silent_connection_is_closed(server: IndexChannelServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_channel, "CONNECTION_IDLE_S", 0.3)
+    with _handshake(server) as connection:
+        assert _receive(connection) is None, "the server closes a connection that sends no request"
+
+
+def test_peer_that_reads_no_reply_is_cut_off(server: IndexChannelServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(read_channel, "SEND_TIMEOUT_S", 0.3)
+    big = 1024 * 1024 - 64
+    server.remember([(1, "normal", b"x" * big)])
+    server.publish(term=1, lease_ends=_lease(600), read_point=1)
+    with _handshake(server) as connection:
+        connection.settimeout(2)
+        for request_id in range(64):
+            connection.sendall(pack_frame([request_id, "index", 0]))
+        time.sleep(1.0)
+        received = 0
+        closed = False
+        try:
+            while part := connection.recv(1 << 20):
+                received += len(part)
+            closed = True
+        except ConnectionError:
+            closed = True
+        except socket.timeout:
+            pass
+    assert closed, "the server kept a connection whose peer read no reply"
+    assert received < 32 * big, "the server sent most replies to a peer that read none"
+    with _handshake(server) as other:
+        other.sendall(pack_frame([1, "index", 1]))
+        assert _receive(other) == [1, True, 1, []], "other connections are served"

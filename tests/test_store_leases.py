@@ -205,3 +205,12 @@ def test_exposed_index_is_capped_at_applied_and_never_falls_in_a_term() -> None:
     assert exposed.next(term=2, exposed=12, applied=9, applied_in_term=False) == 12
     assert exposed.next(term=2, exposed=13, applied=10, applied_in_term=True) == 12, "not below 12, handed out"
     assert exposed.next(term=3, exposed=9, applied=9, applied_in_term=True) == 9, "a new term starts afresh"
+
+
+def test_dropped_holder_no_longer_holds_back_the_exposed_index() -> None:
+    leases = StoreLeases()
+    leases.grant("s1", "m1", now=0.0, duration_s=10.0, index=10)
+    assert leases.exposed(commit=20, now=1.0) == 10
+    leases.drop("s1")
+    assert leases.exposed(commit=20, now=1.0) == 20
+    leases.drop("s1")

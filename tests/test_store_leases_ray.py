@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from typing import Any, Iterator
 
@@ -20,6 +21,7 @@ import ray
 
 from rayconf.actors import cluster
 from rayconf.actors.cluster import ClusterSpec
+from rayconf.actors.read_channel import handshake_blocking, pack_frame, receive_frame
 from rayconf.clients.client import Client
 from rayconf.errors import Unavailable
 from rayconf.sims import chaos_workload
@@ -155,3 +157,23 @@ def test_follower_replica_read_sees_last_write(spec: ClusterSpec) -> None:
             response = ray.get(follower.read.remote(RangeRequest(b"/leases/follower"), "linearizable"))
             assert [kv.value for kv in response.kvs] == [value]
             assert response.revision >= written.revision
+
+
+def test_lease_is_granted_only_to_a_store_of_the_cluster(spec: ClusterSpec) -> None:
+    # Every write waits for every holder, so a name that no store has, or a
+    # replica's name, must not hold a lease; writes go on at their pace.
+    leader = _wait_for_leases(spec, spec.stores())
+    handle = cluster.find_replica(spec, leader)
+    member = spec.members()[0]
+    for name in ("ghost-store", member):
+        assert ray.get(handle.grant_read_lease.remote(name, member)) is None, name
+    assert ray.get(handle.grant_read_lease.remote(spec.stores()[0], "no-such-member")) is None
+    endpoint = ray.get(handle.index_channel.remote())
+    with socket.create_connection((endpoint["host"], endpoint["port"]), timeout=30) as connection:
+        handshake_blocking(connection, leader, endpoint["secret"], role="replica")
+        connection.sendall(pack_frame([1, "lease", "ghost-store", member, 0]))
+        assert receive_frame(connection, 1 << 20) == [1, True, None]
+    began = time.monotonic()
+    Client(spec, timeout_s=30.0).put("/leases/ghost", b"written")
+    assert time.monotonic() - began < 5.0, "a write waited for a lease nobody holds"
+    assert "ghost-store" not in ray.get(handle.status.remote())["store_leases"]
