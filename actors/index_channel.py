@@ -1,4 +1,4 @@
-"""The leader's index channel: ReadIndex for shard stores over TCP, answered off the actor's event loop.
+"""The leader's index channel: ReadIndex for shard stores over TCP, served off the actor's event loop.
 
 Why. A store serves a linearizable read from its lease unless a write is in
 flight (see `store_leases.py`). Then it needs the leader's read point, a
@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import socket
 import threading
@@ -89,7 +90,7 @@ from rayconf.errors import RayconfError, Unavailable
 
 logger = logging.getLogger(__name__)
 
-# A request frame holds an id, a kind and two member names at most.
+# A request frame contains an id, a kind and at most two member names and a term.
 REQUEST_FRAME_BYTES_MAX = 1024
 # Maximum length of a member name in a lease request.
 NAME_BYTES_MAX = 256
@@ -102,9 +103,9 @@ REPLY_ENTRY_BYTES_MAX = 1024 * 1024
 START_TIMEOUT_S = 10.0
 # A reply is an index with entries, or a short error.
 REPLY_FRAME_BYTES_MAX = REPLY_ENTRY_BYTES_MAX + 1024 * 1024
-# Time a store waits to connect, or for one answer, before it asks over Ray.
+# Time a store waits to connect, or for one reply, before it sends the request over Ray.
 CALL_TIMEOUT_S = 1.0
-# After a connection failed or an answer was late, a store asks that member over Ray for this long.
+# After a connection failed or a reply timed out, a store sends its requests to that member over Ray for this long.
 OVER_RAY_S = 5.0
 # A connection that sends no request for this long is closed; its store opens a new one when it needs it.
 CONNECTION_IDLE_S = 600.0
@@ -119,8 +120,8 @@ class IndexChannelServer(ReadChannelServer):
 
     def __init__(self, member: str) -> None:
         super().__init__(member, _no_reads)
-        # (term, monotonic time the lease ends, read point); one tuple, so
-        # the thread never sees the parts of two publications.
+        # (term, monotonic time the lease ends, read point), in one tuple, so
+        # that the thread never reads the parts of two publications.
         self._published: tuple[int, float, int] = (0, 0.0, 0)
         # Applied entries (index, type, data), in log order without gaps.
         # Only the loop changes it; the thread copies it in one call, which
@@ -179,18 +180,18 @@ class IndexChannelServer(ReadChannelServer):
             while len(recent) > RECENT_ENTRIES_MAX or (len(recent) > 1 and self._recent_bytes > RECENT_BYTES_MAX):
                 self._recent_bytes -= len(recent.popleft()[2])
 
-    def answer(self, applied_index: int) -> tuple[int, list[tuple[int, str, bytes]]]:
+    def read_index(self, applied_index: int) -> tuple[int, list[tuple[int, str, bytes]]]:
         """Return the published read point and the kept entries after `applied_index` up to it.
 
-        The entries are empty when the thread no longer holds the one right
-        after `applied_index`. Raises `Unavailable` when no valid lease covers
+        The entries are empty when the entry right after `applied_index` is
+        no longer kept. Raises `Unavailable` when no valid lease covers
         the read point now.
         """
         term, lease_ends, read_point = self._published
         if time.monotonic() >= lease_ends:
             self.counters["refusals"] += 1
-            raise Unavailable(f"replica {self.store} holds no valid leader lease now (term {term}); "
-                              "ask for a ReadIndex over Ray")
+            raise Unavailable(f"replica {self.store} has no valid leader lease now (term {term}); "
+                              "request the ReadIndex over Ray")
         self.counters["answers"] += 1
         return read_point, self.entries_between(applied_index, read_point, REPLY_ENTRY_BYTES_MAX)
 
@@ -201,13 +202,21 @@ class IndexChannelServer(ReadChannelServer):
         itself larger than that. Called from the thread and from the loop.
         """
         entries: list[tuple[int, str, bytes]] = []
-        if after >= last:
+        recent = self._recent
+        if after >= last or not recent or recent[0][0] > after + 1:
             return entries
-        recent = list(self._recent)
-        if not recent or not recent[0][0] <= after + 1 <= recent[-1][0]:
+        # One C-level copy of the tail, which the loop cannot change midway.
+        # The loop may have dropped or restarted entries since the check
+        # above, so the copy must start at the right index.
+        try:
+            tail = list(itertools.islice(recent, after + 1 - recent[0][0], None))
+        except IndexError:
+            # The loop emptied the entries between the check and the copy.
+            return entries
+        if not tail or tail[0][0] != after + 1:
             return entries
         size = 0
-        for entry in recent[after + 1 - recent[0][0]:]:
+        for entry in tail:
             if entry[0] > last:
                 break
             size += len(entry[2])
@@ -274,7 +283,7 @@ class IndexChannelServer(ReadChannelServer):
     async def _serve(self, frame: list[Any]) -> list[Any]:
         """Return the fields of the answer to one checked request, after the id and True."""
         if frame[1] == "index":
-            read_point, entries = self.answer(frame[2])
+            read_point, entries = self.read_index(frame[2])
             return [read_point, entries]
         self.counters["lease_requests"] += 1
         if self._grant is None or self._replica_loop is None:
@@ -375,7 +384,7 @@ class IndexChannels:
             try:
                 return await asyncio.wait_for(self._ask(member, kind, arguments, fields), CALL_TIMEOUT_S)
             except RayconfError as refusal:
-                logger.debug("store %s: replica %s refused a %s request on its channel: %s", self.store,
+                logger.debug("store %s: replica %s rejected a %s request on its channel: %s", self.store,
                              member, kind, refusal)
                 return None
             except (OSError, asyncio.TimeoutError, ChannelClosed, ValueError) as error:
@@ -437,7 +446,7 @@ class IndexChannels:
 
 
 def _parse_writes(fields: object) -> list[tuple[int, WriteRanges]] | None:
-    """Return the write ranges in a grant as `store_leases` holds them, or None when they are malformed."""
+    """Return the write ranges of a grant in the form `store_leases` uses, or None when they are malformed."""
     if not isinstance(fields, list):
         return None
     writes: list[tuple[int, WriteRanges]] = []

@@ -214,8 +214,8 @@ class ReplicaActor:
     def _exposed_index(self) -> int:
         """Return the highest committed index that every store lease holder has confirmed (see store_leases.py).
 
-        Every caller goes through here before it tells anyone an index, so
-        the index channel's thread is given it first (see index_channel.py).
+        Every index returned or sent to a client or store comes from here, so
+        the index channel's thread gets it first (see index_channel.py).
         """
         term = self.core.term()
         exposed = self._exposed.next(term, self.store_leases.exposed(self.core.commit_index(), time.monotonic()),

@@ -138,7 +138,7 @@ class ShardStoreActor:
         # The highest index a ReadIndex read was served at here.
         self._read_index_served = 0
         self.read_index_channel_calls = 0
-        # ReadIndex answers whose entries this store applied before its stream brought them.
+        # Leader replies whose entries this store applied before its stream brought them.
         self.entries_from_leader = 0
         self._progress = asyncio.Condition()
         # Snapshots received from the replica; only the newest is kept.
@@ -520,7 +520,7 @@ class ShardStoreActor:
         return index
 
     def _start_catch_up(self) -> None:
-        """Start applying the committed entries the leader's index channel holds beyond this store's state.
+        """Start applying the committed entries that the leader's index channel keeps beyond this store's state.
 
         A lease read that needs entries the stream has not brought yet gets
         them from the leader in one round trip instead. Reads that wait at
@@ -538,7 +538,7 @@ class ShardStoreActor:
             await self._apply_leader_entries(answer[1])
 
     async def _apply_leader_entries(self, entries: list[tuple[int, str, bytes]]) -> None:
-        """Apply committed entries from the leader (an index channel answer, a lease update), from the next one lacking.
+        """Apply committed entries from the leader (an index channel reply or a lease update), from the next missing one.
 
         The stream brings the same entries later, and `apply_streamed_entry`
         skips those already applied. Entries stop at the first gap.

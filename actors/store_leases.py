@@ -43,7 +43,7 @@ most one leader lease (the election timeout less the drift margin).
 Writes in flight to other keys. With each new log index the leader also
 sends the key ranges that the entry may write (`write_ranges`), when it
 proposed that entry in its current term; for any other entry the store
-knows nothing and assumes every key. A read that finds a write in flight
+has no ranges and assumes every key. A read that finds a write in flight
 is still served from the lease, at the exposed index X it was sent, when
 no entry in the window (X, acked] may write a key it reads
 (`window_spares`). Any write to those keys that completed before the read
@@ -280,8 +280,8 @@ def window_spares(writes: Mapping[int, WriteRanges], exposed: int, acked: int,
                   reads: Iterable[tuple[bytes, bytes | None]]) -> bool:
     """Return whether no entry in the window (exposed, acked] may write a key in `reads`.
 
-    `writes` holds the write ranges the leader sent; an index it lacks, or
-    holds as None, may write anything.
+    `writes` maps indexes to the write ranges the leader sent. An index
+    missing from it, or mapped to None, may write anything.
     """
     if acked - exposed > WINDOW_ENTRIES_MAX:
         return False

@@ -78,7 +78,7 @@ def _wait_for_store_leader(spec: ClusterSpec, store: str, leader: str) -> None:
         time.sleep(0.05)
 
 
-def test_store_asks_a_remote_leader_on_its_index_channel(spec: ClusterSpec, client: Client) -> None:
+def test_read_index_over_channel(spec: ClusterSpec, client: Client) -> None:
     leader = _leader(spec)
     data_center = _other_data_center(spec, leader)
     store = spec.stores_in(data_center)[0]
@@ -98,8 +98,7 @@ def test_store_asks_a_remote_leader_on_its_index_channel(spec: ClusterSpec, clie
     assert ray.get(cluster.find_replica(spec, leader).status.remote())["index_channel"]
 
 
-def test_store_asks_a_remote_leader_over_ray_when_its_channel_is_closed(spec: ClusterSpec,
-                                                                        client: Client) -> None:
+def test_read_index_over_ray_when_channel_closed(spec: ClusterSpec, client: Client) -> None:
     leader = _leader(spec)
     data_center = _other_data_center(spec, leader)
     store = spec.stores_in(data_center)[0]

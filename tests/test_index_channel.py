@@ -41,7 +41,7 @@ def _entries(first: int, last: int, size: int = 3) -> list[tuple[int, str, bytes
 
 def _ask(server: IndexChannelServer, applied_index: int,
          secret: bytes | None = None) -> tuple[IndexChannels, Any]:
-    """Ask `server` once from a new store-side client; return the client and its answer."""
+    """Request one ReadIndex from `server` with a new store-side client; return the client and its result."""
     endpoint = server.endpoint()
     assert endpoint is not None
     if secret is not None:
@@ -91,9 +91,9 @@ def test_entries_stop_at_the_reply_limit(server: IndexChannelServer, monkeypatch
     server.remember(_entries(1, 5, size=4))
     server.publish(term=1, lease_ends=_lease(), read_point=5)
 
-    assert server.answer(0) == (5, _entries(1, 2, size=4))
+    assert server.read_index(0) == (5, _entries(1, 2, size=4))
     monkeypatch.setattr(index_channel, "REPLY_ENTRY_BYTES_MAX", 1)
-    assert server.answer(0) == (5, []), "an entry above the limit alone stays for the stream to bring"
+    assert server.read_index(0) == (5, []), "an entry above the limit alone stays for the stream to bring"
 
 
 def test_ended_lease_refused(server: IndexChannelServer) -> None:
@@ -103,8 +103,8 @@ def test_ended_lease_refused(server: IndexChannelServer) -> None:
 
     assert answer is None
     assert server.counters["refusals"] == 1
-    with pytest.raises(Unavailable, match=f"replica {MEMBER} holds no valid leader lease"):
-        server.answer(0)
+    with pytest.raises(Unavailable, match=f"replica {MEMBER} has no valid leader lease"):
+        server.read_index(0)
 
 
 def test_withdrawn_read_point_is_refused(server: IndexChannelServer) -> None:
@@ -117,10 +117,10 @@ def test_withdrawn_read_point_is_refused(server: IndexChannelServer) -> None:
 def test_read_point_never_falls_within_a_term(server: IndexChannelServer) -> None:
     server.publish(term=4, lease_ends=_lease(), read_point=50)
     server.publish(term=4, lease_ends=_lease(), read_point=40)
-    assert server.answer(100)[0] == 50
+    assert server.read_index(100)[0] == 50
 
     server.publish(term=5, lease_ends=_lease(), read_point=45)
-    assert server.answer(100)[0] == 45, "a new term starts from what its leader computed"
+    assert server.read_index(100)[0] == 45, "a new term starts from what its leader computed"
 
 
 def test_kept_entries_limits_and_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,16 +130,16 @@ def test_kept_entries_limits_and_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
     kept.publish(term=1, lease_ends=_lease(), read_point=100)
 
     kept.remember(_entries(1, 6))
-    assert kept.answer(2)[1] == _entries(3, 6), "only the last four entries are kept"
-    assert kept.answer(1)[1] == []
+    assert kept.read_index(2)[1] == _entries(3, 6), "only the last four entries are kept"
+    assert kept.read_index(1)[1] == []
 
     kept.remember(_entries(50, 51))
-    assert kept.answer(49)[1] == _entries(50, 51), "a snapshot restore leaves a gap, and older entries go"
-    assert kept.answer(5)[1] == []
+    assert kept.read_index(49)[1] == _entries(50, 51), "a snapshot restore leaves a gap, and older entries go"
+    assert kept.read_index(5)[1] == []
 
     kept.remember([(52, "normal", b"x" * 999)])
-    assert kept.answer(50)[1] == [], "entries beyond the byte limit go, oldest first"
-    assert kept.answer(51)[1] == [(52, "normal", b"x" * 999)]
+    assert kept.read_index(50)[1] == [], "entries beyond the byte limit go, oldest first"
+    assert kept.read_index(51)[1] == [(52, "normal", b"x" * 999)]
 
 
 def test_wrong_secret_rejected(server: IndexChannelServer) -> None:
@@ -247,7 +247,7 @@ def test_lease_is_granted_on_the_replica_loop(server: IndexChannelServer) -> Non
     assert server.counters["lease_requests"] == 2
 
 
-def test_running_lease_is_renewed_in_the_thread_and_others_go_to_the_loop(server: IndexChannelServer) -> None:
+def test_lease_renewal_in_thread(server: IndexChannelServer) -> None:
     replica = FakeReplicaLoop()
     renewals: list[tuple[str, str, int, bool]] = []
     renewal = {"leader": MEMBER, "term": 4, "duration_s": 0.2, "index": 0, "exposed": 29, "writes": []}
@@ -269,7 +269,7 @@ def test_running_lease_is_renewed_in_the_thread_and_others_go_to_the_loop(server
     assert server.counters["lease_renewals"] == 1
 
 
-def test_lease_request_without_a_granter_is_asked_over_ray(server: IndexChannelServer) -> None:
+def test_lease_without_granter_uses_ray(server: IndexChannelServer) -> None:
     assert _grant(server) == (False, None)
 
 
@@ -318,7 +318,7 @@ def test_store_parses_write_ranges() -> None:
         (3, ((b"/a", None), (b"/b", b""))), (4, None), (5, ())]
 
 
-def test_store_rejects_a_read_point_that_is_not_an_index() -> None:
+def test_store_rejects_bad_read_point() -> None:
     for read_point in (-1, 2.5, "3", None, True):
         with pytest.raises(index_channel.ChannelClosed):
             index_channel._parse_answer(MEMBER, 0, read_point, [])

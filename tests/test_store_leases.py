@@ -137,7 +137,7 @@ def test_ranges_overlap(first: tuple[bytes, bytes | None], second: tuple[bytes, 
     assert ranges_overlap(second, first) is overlap
 
 
-def test_window_spares_reads_of_keys_no_entry_in_flight_writes() -> None:
+def test_window_spares_unwritten_keys() -> None:
     writes = {11: ((b"/big/1", None),), 12: ((b"/big/2", None),)}
     assert window_spares(writes, exposed=10, acked=12, reads=[(b"/small", None)])
     assert window_spares(writes, exposed=10, acked=10, reads=[(b"/big/1", None)]), "an empty window spares all"
@@ -161,7 +161,7 @@ def test_window_writes_lists_known_entries_in_order() -> None:
     assert window_writes(writes, after=8, last=8) == []
 
 
-def test_renewal_extends_only_a_running_lease_for_the_same_replica() -> None:
+def test_renewal_only_extends_running_lease() -> None:
     leases = StoreLeases()
     leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
     assert leases.renew("s1", "m1", now=0.5, duration_s=1.0) == 10, "the store learns what the leader counts"
@@ -173,7 +173,7 @@ def test_renewal_extends_only_a_running_lease_for_the_same_replica() -> None:
     assert leases.holders["s1"].acked == 10, "a renewal confirms no index"
 
 
-def test_renewal_after_a_lost_grant_hands_the_store_the_granted_index() -> None:
+def test_renewal_after_lost_grant() -> None:
     # The lease ended, the loop granted a new one at index 20, and its reply
     # never reached the store, which still has 10. Writes up to 20 may have
     # completed without it, so a renewal must raise the store to 20.
@@ -190,7 +190,7 @@ def test_renewal_never_shortens_a_lease() -> None:
     assert leases.holders["s1"].expires == 2.0
 
 
-def test_new_leader_hands_out_no_index_below_its_commit_before_applying_its_term() -> None:
+def test_new_leader_exposed_index_uncapped() -> None:
     # The old leader completed a write at 5. The new leader has commit 6 but
     # has applied only 4, none of its own term: capping at 4 would miss it.
     exposed = ExposedIndex()
@@ -198,7 +198,7 @@ def test_new_leader_hands_out_no_index_below_its_commit_before_applying_its_term
     assert exposed.next(term=3, exposed=6, applied=6, applied_in_term=True) == 6
 
 
-def test_exposed_index_is_capped_at_applied_and_never_falls_in_a_term() -> None:
+def test_exposed_index_capped_and_monotonic() -> None:
     exposed = ExposedIndex()
     assert exposed.next(term=2, exposed=10, applied=8, applied_in_term=True) == 8
     assert exposed.next(term=2, exposed=12, applied=11, applied_in_term=True) == 11
@@ -207,7 +207,7 @@ def test_exposed_index_is_capped_at_applied_and_never_falls_in_a_term() -> None:
     assert exposed.next(term=3, exposed=9, applied=9, applied_in_term=True) == 9, "a new term starts afresh"
 
 
-def test_dropped_holder_no_longer_holds_back_the_exposed_index() -> None:
+def test_dropped_holder_releases_exposed_index() -> None:
     leases = StoreLeases()
     leases.grant("s1", "m1", now=0.0, duration_s=10.0, index=10)
     assert leases.exposed(commit=20, now=1.0) == 10

@@ -159,9 +159,9 @@ def test_follower_replica_read_sees_last_write(spec: ClusterSpec) -> None:
             assert response.revision >= written.revision
 
 
-def test_lease_is_granted_only_to_a_store_of_the_cluster(spec: ClusterSpec) -> None:
-    # Every write waits for every holder, so a name that no store has, or a
-    # replica's name, must not hold a lease; writes go on at their pace.
+def test_lease_only_for_cluster_stores(spec: ClusterSpec) -> None:
+    # Every write waits for every holder. So a name that no store has, or a
+    # replica's name, must not get a lease, and writes keep their pace.
     leader = _wait_for_leases(spec, spec.stores())
     handle = cluster.find_replica(spec, leader)
     member = spec.members()[0]
