@@ -25,6 +25,7 @@ from typing import Any
 import ray
 from ray._private import ray_constants
 
+from rayconf.actors.priority import check_nice
 from rayconf.actors.replica import ReplicaActor
 from rayconf.actors.replica_core import ReplicaSettings
 from rayconf.actors.shard_store import ShardStoreActor, store_actor_name
@@ -81,6 +82,7 @@ class ClusterSpec:
             raise InvalidRequest(f"member names {duplicates} appear more than once in the cluster spec")
         if self.tick_ms < 1:
             raise InvalidRequest(f"tick_ms is {self.tick_ms}; give a positive number of milliseconds")
+        check_nice("settings.chunk_io_nice", self.settings.chunk_io_nice)
 
     def voters(self) -> tuple[str, ...]:
         return tuple(member for dc in self.data_centers for member in dc.voters)
@@ -161,7 +163,9 @@ def ray_system_config() -> dict[str, int]:
     For a Ray cluster started with `ray start`, pass the same settings with
     `--system-config` on the head node.
     """
-    return {"max_direct_call_object_size": RAY_INLINE_RESULT_BYTES_MAX}
+    # Ray runs actors at nice 15 by default, behind every process at nice 0,
+    # clients included. rayconf's actors are servers (actors/priority.py).
+    return {"max_direct_call_object_size": RAY_INLINE_RESULT_BYTES_MAX, "worker_niceness": 0}
 
 
 def start_local_ray(spec: ClusterSpec, *, num_cpus: int = 2) -> None:

@@ -41,6 +41,7 @@ import ray
 
 from rayconf.actors import auth_guard
 from rayconf.actors.index_channel import IndexChannelServer
+from rayconf.actors.priority import current_nice, warn_if_deprioritized
 from rayconf.actors.raft.types import Message, MessageType, NodeId
 from rayconf.actors.replica_chunks import ReplicaChunks, chunk_digests_of
 from rayconf.actors.replica_core import ReplicaCore, ReplicaSettings
@@ -104,14 +105,16 @@ class ReplicaActor:
         directory = Path(data_directory) / member
         self.core = ReplicaCore(member, directory, voters=voters, learners=learners, settings=settings,
                                 seed=int.from_bytes(os.urandom(8), "big"), limits=limits)
-        self.chunks = ReplicaChunks(member, directory, namespace, settings.chunk_orphan_grace_s)
+        self.chunks = ReplicaChunks(member, directory, namespace, settings.chunk_orphan_grace_s,
+                                    settings.chunk_io_nice)
         self.transport = Transport(member, namespace)
         self.core.node.set_read_index_cap(self._exposed_index)
         self._proposals: dict[str, asyncio.Future[ApplyResult]] = {}
         # Results of applied proposals that wait until every store lease holder
         # confirmed their entries: (applied index when taken, future, result).
         self._held_results: list[tuple[int, asyncio.Future[ApplyResult], ApplyResult]] = []
-        self.store_leases = StoreLeases()
+        # A holder that confirms no update for an election timeout loses its lease.
+        self.store_leases = StoreLeases(stall_s=settings.election_timeout_ticks * tick_ms / 1000)
         # The key ranges each entry this member proposed in term
         # `_entry_writes_term` may write, until every holder has it exposed.
         self._entry_writes: collections.OrderedDict[int, WriteRanges] = collections.OrderedDict()
@@ -140,6 +143,7 @@ class ReplicaActor:
     # --- The loop. ---
 
     async def _run(self) -> None:
+        warn_if_deprioritized(f"replica {self.member}")
         while True:
             timeout = max(0.0, self._next_tick - time.monotonic())
             try:
@@ -485,7 +489,8 @@ class ReplicaActor:
         if duration_s < STORE_LEASE_MIN_S:
             return None
         last_index = self.core.last_index()
-        self.store_leases.grant(store, following, time.monotonic(), duration_s, last_index)
+        if self.store_leases.grant(store, following, time.monotonic(), duration_s, last_index) is None:
+            return None
         exposed = self._exposed_index()
         term = self.core.term()
         writes = window_writes(self._entry_writes, exposed, last_index) if term == self._entry_writes_term else []
@@ -552,7 +557,7 @@ class ReplicaActor:
         exposed = self._exposed_index()
         writes = self._entry_writes if term == self._entry_writes_term else {}
         sent = {store: (holder.sent_index, holder.sent_exposed) for store, holder in self.store_leases.holders.items()}
-        for store in self.store_leases.take_unsent(last_index, exposed):
+        for store in self.store_leases.take_unsent(last_index, exposed, time.monotonic()):
             holder = self.store_leases.holders[store]
             if self._lease_cut_off(holder.following):
                 self.store_leases.resend(store)
@@ -599,7 +604,7 @@ class ReplicaActor:
             # latest on the next tick, sends the update again.
             self.store_leases.resend(store)
             return
-        self.store_leases.acknowledge(store, index, exposed)
+        self.store_leases.acknowledge(store, index, exposed, time.monotonic())
         self._release_held()
         # Every holder may now have confirmed a committed index: send the new exposed index.
         self._push_lease_updates()
@@ -722,6 +727,8 @@ class ReplicaActor:
         status["index_channel_refusals"] = server.counters["refusals"]
         status["index_channel_lease_requests"] = server.counters["lease_requests"]
         status["pid"] = os.getpid()
+        # The nice value of the thread that runs Raft (actors/priority.py).
+        status["nice"] = current_nice()
         # Peak resident memory of this process, in KiB on Linux.
         status["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         status["auth_enabled"] = self.core.state.auth.enabled

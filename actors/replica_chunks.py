@@ -28,15 +28,18 @@ mid-upload.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
+from rayconf.actors.priority import set_thread_nice
 from rayconf.errors import ChunkCorrupt, ChunkMissing, InvalidRequest, RayconfError, StorageError, Unavailable
 from rayconf.store.chunk_store import ChunkStore
 from rayconf.store.limits import Limits
@@ -45,6 +48,8 @@ from rayconf.store.mvcc import MVCC
 from rayconf.store.records import Command, CompareTarget, Put, Txn
 
 logger = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 # Chunks copied, fetched or served at once by one replica. With 1 MiB chunks,
 # this bounds the chunk bytes in a replica's own heap to a few MiB, however
@@ -57,12 +62,17 @@ PEER_FETCH_TIMEOUT_S = 10.0
 class ReplicaChunks:
     """The chunk store of one replica and the calls that fill, serve and empty it."""
 
-    def __init__(self, member: str, directory: Path, namespace: str, grace_s: float) -> None:
+    def __init__(self, member: str, directory: Path, namespace: str, grace_s: float, io_nice: int = 0) -> None:
         self.member = member
         self.namespace = namespace
         self.grace_s = grace_s
+        self.io_nice = io_nice
         self.store = ChunkStore(directory / "chunks")
         self._transfers = asyncio.Semaphore(CHUNK_TRANSFERS_MAX)
+        # Chunk file work (hashing, writing, fsync, reading, collecting) runs
+        # on these threads at `io_nice`, so it yields the cores (see actors/priority.py).
+        self._io = ThreadPoolExecutor(CHUNK_TRANSFERS_MAX + 1, thread_name_prefix=f"chunk-io-{member}",
+                                      initializer=functools.partial(set_thread_nice, io_nice))
         self._background: set[asyncio.Task[None]] = set()
         # Chunks being copied from a client's objects right now, which a
         # background fetch of the same chunks from peers skips.
@@ -133,7 +143,7 @@ class ReplicaChunks:
         if self.store.contains(digest):
             # Refresh the file's age, so garbage collection never removes
             # an old, unreferenced chunk that a new put is about to name.
-            await asyncio.to_thread(self.store.touch, digest)
+            await self._on_io_thread(self.store.touch, digest)
             return False
         self._copying.add(digest)
         try:
@@ -148,10 +158,13 @@ class ReplicaChunks:
                             f"{self.member} could not copy chunk {digest.hex()} from the client's object "
                             f"({type(error).__name__}); the client may have exited. Retry the put"
                         ) from None
-                written: bool = await asyncio.to_thread(self.store.write, digest, data)
+                written: bool = await self._on_io_thread(self.store.write, digest, data)
                 return written
         finally:
             self._copying.discard(digest)
+
+    async def _on_io_thread(self, function: Callable[..., _Result], *arguments: Any) -> _Result:
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *arguments)
 
     # --- Read path. ---
 
@@ -167,25 +180,26 @@ class ReplicaChunks:
     async def _read_one(self, digest: bytes, local_only: bool) -> Any:
         async with self._transfers:
             data = await self._load(digest, local_only)
-            return ray.put(data)
+            # The copy into the object store runs on an I/O thread too.
+            return await self._on_io_thread(ray.put, data)
 
     async def _load(self, digest: bytes, local_only: bool) -> bytes:
         try:
-            return await asyncio.to_thread(self.store.read, digest)
+            return await self._on_io_thread(self.store.read, digest)
         except ChunkCorrupt as error:
             logger.warning("replica %s: %s", self.member, error)
             self.store.remove(digest)
             if local_only:
                 raise
             data = await self._fetch_from_peers(digest)
-            await asyncio.to_thread(self.store.write, digest, data)
+            await self._on_io_thread(self.store.write, digest, data)
             self.counters["corrupt_chunks_repaired"] += 1
             return data
         except ChunkMissing:
             if local_only:
                 raise
         data = await self._fetch_from_peers(digest)
-        await asyncio.to_thread(self.store.write, digest, data)
+        await self._on_io_thread(self.store.write, digest, data)
         return data
 
     async def _fetch_from_peers(self, digest: bytes) -> bytes:
@@ -241,13 +255,13 @@ class ReplicaChunks:
             async with self._transfers:
                 try:
                     data = await self._fetch_from_peers(digest)
-                    await asyncio.to_thread(self.store.write, digest, data)
+                    await self._on_io_thread(self.store.write, digest, data)
                 except (ChunkMissing, ChunkCorrupt, StorageError) as error:
                     logger.warning("replica %s could not fetch chunk %s yet: %s", self.member, digest.hex(), error)
 
     async def _scan(self, referenced: set[bytes], kept: set[bytes]) -> None:
         try:
-            removed = await asyncio.to_thread(self.store.collect_garbage, kept, self.grace_s)
+            removed = await self._on_io_thread(self.store.collect_garbage, kept, self.grace_s)
             self.counters["chunks_collected"] += len(removed)
             await self.ensure_present(referenced)
         finally:
@@ -273,7 +287,7 @@ class ReplicaChunks:
             return None
 
     def statistics(self) -> dict[str, int]:
-        return {**self.store.statistics(), **self.counters}
+        return {**self.store.statistics(), **self.counters, "chunk_io_nice": self.io_nice}
 
 
 async def _await_ref(ref: Any) -> Any:

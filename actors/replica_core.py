@@ -79,6 +79,10 @@ class ReplicaSettings:
     # Chunk files that no retained revision names are kept this long, because
     # a put copies its chunks to the voters before its manifest commits.
     chunk_orphan_grace_s: float = 600.0
+    # Nice value of the threads that copy, hash, fsync and serve chunks, so
+    # that large puts yield the cores to small reads and to Raft (see
+    # actors/priority.py).
+    chunk_io_nice: int = 19
 
 
 @dataclass(slots=True)

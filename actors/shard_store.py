@@ -59,6 +59,7 @@ import ray
 
 from rayconf.actors.auth_guard import authorize_read
 from rayconf.actors.index_channel import IndexChannels
+from rayconf.actors.priority import current_nice, warn_if_deprioritized
 from rayconf.actors.read_channel import ReadChannelServer
 from rayconf.actors.store_leases import WriteRanges, lease_read_target, window_spares
 from rayconf.actors.stream_follower import (
@@ -203,6 +204,7 @@ class ShardStoreActor:
     # --- Reads. ---
 
     async def _start_channel(self) -> None:
+        warn_if_deprioritized(f"store {self.name}")
         if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
             logger.info("store %s opens no read channel: Ray runs with TLS and the channel is not encrypted; "
                         "reads go over Ray calls", self.name)
@@ -607,6 +609,8 @@ class ShardStoreActor:
         return {
             "store": self.name,
             "pid": os.getpid(),
+            # The serving thread's nice value (actors/priority.py).
+            "nice": current_nice(),
             "data_center": self.data_center,
             "following": self.following,
             "applied_index": self.state.applied_index,

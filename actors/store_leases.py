@@ -38,7 +38,11 @@ The rules, where C is the leader's commit index:
   clock drift.
 
 A holder that stops responding delays writes until its lease ends, at
-most one leader lease (the election timeout less the drift margin).
+most one leader lease (the election timeout less the drift margin). Neither
+a grant nor a renewal extends a lease whose store has confirmed no update
+for an election timeout while one waits (`stall_s`), so a store that still
+requests renewals but no longer confirms updates delays writes by at
+most an election timeout and a leader lease.
 
 Writes in flight to other keys. With each new log index the leader also
 sends the key ranges that the entry may write (`write_ranges`), when it
@@ -94,6 +98,13 @@ class Holder:
     # Highest log index and exposed index sent to the store, confirmed or not.
     sent_index: int = 0
     sent_exposed: int = 0
+    # When the oldest unconfirmed update was sent, reset by each confirmation.
+    # None while the store has confirmed every update sent.
+    unconfirmed_since: float | None = None
+
+    def stalled(self, now: float, duration_s: float) -> bool:
+        """Return whether the store has confirmed nothing for `duration_s` while an update waits."""
+        return self.unconfirmed_since is not None and now - self.unconfirmed_since > duration_s
 
 
 class StoreLeases:
@@ -105,24 +116,32 @@ class StoreLeases:
     nothing but a holder's `expires`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stall_s: float | None = None) -> None:
         self.holders: dict[str, Holder] = {}
         self.granted = 0
+        # How long a holder may leave an update unconfirmed and still have its
+        # lease extended. None means the duration of the requested extension.
+        self.stall_s = stall_s
         self._lock = threading.Lock()
 
-    def grant(self, store: str, following: str, now: float, duration_s: float, index: int) -> Holder:
-        """Record a lease for `store` until `now + duration_s`; return its record.
+    def grant(self, store: str, following: str, now: float, duration_s: float, index: int) -> Holder | None:
+        """Record a lease for `store` until `now + duration_s`; return its record, or None for a stalled holder.
 
         A new holder starts at `index`, which the grant sends the store. A
         renewal keeps `acked` as it is: only the store's replies to updates
         raise it, because the store may still be serving reads under its
-        current lease with the indexes it had before this grant arrives.
+        current lease with the indexes it had before this grant arrives. A
+        running lease whose store has left an update unconfirmed for
+        `stall_s` (by default `duration_s`) is not extended, so that it ends
+        and writes stop waiting for that store.
         """
         with self._lock:
             holder = self.holders.get(store)
             if holder is None or holder.expires <= now:
                 holder = Holder(following, now + duration_s, index, sent_index=index)
                 self.holders[store] = holder
+            elif holder.stalled(now, self.stall_s or duration_s):
+                return None
             else:
                 holder.following = following
                 holder.expires = max(holder.expires, now + duration_s)
@@ -136,12 +155,14 @@ class StoreLeases:
         needs a grant, which only the event loop makes. The store must take
         the returned `acked` as received: it may have missed the grant that
         set it, and writes up to it may have completed without waiting for
-        the store. Safe to call from another thread: the holder stays in the
-        table until its new end.
+        the store. A stalled holder is not renewed, as in `grant`. Safe to
+        call from another thread: the holder stays in the table until its
+        new end.
         """
         with self._lock:
             holder = self.holders.get(store)
-            if holder is None or holder.expires <= now or holder.following != following:
+            if (holder is None or holder.expires <= now or holder.following != following
+                    or holder.stalled(now, self.stall_s or duration_s)):
                 return None
             holder.expires = max(holder.expires, now + duration_s)
             self.granted += 1
@@ -162,14 +183,16 @@ class StoreLeases:
         with self._lock:
             self.holders.pop(store, None)
 
-    def acknowledge(self, store: str, index: int, exposed: int) -> None:
+    def acknowledge(self, store: str, index: int, exposed: int, now: float) -> None:
         """Record that `store` accepted an update carrying `index` and `exposed`."""
         holder = self.holders.get(store)
         if holder is not None:
             holder.acked = max(holder.acked, index)
             holder.acked_exposed = max(holder.acked_exposed, exposed)
+            caught_up = holder.acked >= holder.sent_index and holder.acked_exposed >= holder.sent_exposed
+            holder.unconfirmed_since = None if caught_up else now
 
-    def take_unsent(self, index: int, exposed: int) -> list[str]:
+    def take_unsent(self, index: int, exposed: int, now: float) -> list[str]:
         """Return the holders not yet sent `index` or `exposed`, and mark both as sent to them."""
         stores = [store for store, holder in self.holders.items()
                   if holder.sent_index < index or holder.sent_exposed < exposed]
@@ -177,6 +200,8 @@ class StoreLeases:
             holder = self.holders[store]
             holder.sent_index = max(holder.sent_index, index)
             holder.sent_exposed = max(holder.sent_exposed, exposed)
+            if holder.unconfirmed_since is None:
+                holder.unconfirmed_since = now
         return stores
 
     def resend(self, store: str) -> None:

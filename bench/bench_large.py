@@ -38,7 +38,7 @@ from typing import Any
 import ray
 
 from rayconf.actors import cluster
-from rayconf.actors.cluster import find_replica
+from rayconf.actors.cluster import find_replica, find_store
 from rayconf.clients.client import Client
 from rayconf.store.limits import MIB
 
@@ -100,6 +100,11 @@ def measure(spec: cluster.ClusterSpec) -> dict[str, Any]:
         "sequential_operations": SEQUENTIAL_OPERATIONS, "concurrent_puts": CONCURRENT_PUTS,
         "concurrent_rounds": CONCURRENT_ROUNDS,
         "load_average_at_start": os.getloadavg(), "read_channel": READ_CHANNEL,
+        # Nice values of the stores' and replicas' serving threads and of the chunk threads.
+        "store_nice": {store: ray.get(find_store(spec, store).status.remote())["nice"] for store in spec.stores()},
+        "replica_nice": {member: ray.get(find_replica(spec, member).status.remote())["nice"]
+                         for member in spec.members()},
+        "chunk_io_nice": spec.settings.chunk_io_nice,
     }}
     client.put("/bench/small", b"warm")
     client.put("/bench/large/warm", rng.randbytes(VALUE_BYTES))

@@ -19,7 +19,7 @@ import pytest
 import ray
 
 from rayconf.actors import cluster
-from rayconf.actors.cluster import ClusterSpec, find_replica
+from rayconf.actors.cluster import ClusterSpec, find_replica, find_store
 from rayconf.actors.replica_core import ReplicaSettings
 from rayconf.clients.async_client import AsyncClient
 from rayconf.clients.client import Client
@@ -315,6 +315,29 @@ def test_small_values_keep_working_during_large_puts(client: Client, spec: Clust
     thread.join()
     assert not errors, errors
     assert small_reads > 0
+
+
+def thread_nice_values(pid: int) -> set[int]:
+    """Return the nice values of the threads of process `pid`, from /proc."""
+    values = set()
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        fields = (thread / "stat").read_text().rsplit(")", 1)[1].split()
+        values.add(int(fields[16]))
+    return values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values per thread are Linux's")
+def test_nice_values_of_servers_and_chunk_threads(spec: ClusterSpec, client: Client) -> None:
+    # The copies of a new large value start the replicas' chunk threads.
+    client.put("/priority/large", random_value(3 * MIB, seed=7))
+    for store in spec.stores():
+        status = ray.get(find_store(spec, store).status.remote())
+        assert status["nice"] == 0, status
+        assert thread_nice_values(status["pid"]) == {0}, f"Ray's default worker niceness is 15; {store}"
+    for member in spec.members():
+        status = ray.get(find_replica(spec, member).status.remote())
+        assert status["nice"] == 0, status
+        assert thread_nice_values(status["pid"]) == {0, spec.settings.chunk_io_nice}, member
 
 
 def test_compaction_removes_unreferenced_chunks(spec: ClusterSpec, client: Client) -> None:

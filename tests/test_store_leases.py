@@ -28,9 +28,9 @@ def test_exposed_index_waits_for_every_active_holder() -> None:
     leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
     leases.grant("s2", "m2", now=0.0, duration_s=2.0, index=10)
     assert leases.exposed(commit=12, now=0.5) == 10
-    leases.acknowledge("s1", index=12, exposed=10)
+    leases.acknowledge("s1", index=12, exposed=10, now=0.5)
     assert leases.exposed(commit=12, now=0.5) == 10
-    leases.acknowledge("s2", index=11, exposed=10)
+    leases.acknowledge("s2", index=11, exposed=10, now=0.5)
     assert leases.exposed(commit=12, now=0.5) == 11
     # s2 lags, until its lease ends.
     assert leases.exposed(commit=12, now=1.5) == 11
@@ -42,7 +42,7 @@ def test_exposed_index_never_passes_commit() -> None:
     leases = StoreLeases()
     leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
     # The store confirmed an appended entry that has not committed yet.
-    leases.acknowledge("s1", index=15, exposed=10)
+    leases.acknowledge("s1", index=15, exposed=10, now=0.5)
     assert leases.exposed(commit=12, now=0.5) == 12
 
 
@@ -69,23 +69,23 @@ def test_updates_sent_once_until_resent() -> None:
     leases = StoreLeases()
     leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
     # The grant carried index 10 but no exposed index yet.
-    assert leases.take_unsent(index=10, exposed=10) == ["s1"]
-    assert leases.take_unsent(index=10, exposed=10) == []
-    assert leases.take_unsent(index=11, exposed=10) == ["s1"]
+    assert leases.take_unsent(index=10, exposed=10, now=0.1) == ["s1"]
+    assert leases.take_unsent(index=10, exposed=10, now=0.1) == []
+    assert leases.take_unsent(index=11, exposed=10, now=0.1) == ["s1"]
     # An update that failed is sent again, from what the store confirmed.
-    leases.acknowledge("s1", index=10, exposed=10)
+    leases.acknowledge("s1", index=10, exposed=10, now=0.5)
     leases.resend("s1")
     assert leases.holders["s1"].sent_index == 10
-    assert leases.take_unsent(index=11, exposed=10) == ["s1"]
+    assert leases.take_unsent(index=11, exposed=10, now=0.1) == ["s1"]
 
 
 def test_renewal_does_not_count_as_sent() -> None:
     leases = StoreLeases()
     leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
-    leases.take_unsent(index=10, exposed=10)
+    leases.take_unsent(index=10, exposed=10, now=0.1)
     leases.grant("s1", "m1", now=0.5, duration_s=1.0, index=12)
     # The renewal sent the store 12, but only an update's reply confirms it.
-    assert leases.take_unsent(index=12, exposed=10) == ["s1"]
+    assert leases.take_unsent(index=12, exposed=10, now=0.1) == ["s1"]
 
 
 def test_lease_duration_leaves_tick_and_drift() -> None:
@@ -188,6 +188,53 @@ def test_renewal_never_shortens_a_lease() -> None:
     leases.grant("s1", "m1", now=0.0, duration_s=2.0, index=10)
     assert leases.renew("s1", "m1", now=0.5, duration_s=0.5) == 10
     assert leases.holders["s1"].expires == 2.0
+
+
+def test_silent_holder_loses_lease() -> None:
+    # The store keeps asking for renewals, but the updates to it time out
+    # (each failure resends from what it confirmed). Its lease must end, so
+    # that writes stop waiting for it.
+    leases = StoreLeases()
+    leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
+    assert leases.take_unsent(index=11, exposed=10, now=0.2) == ["s1"]
+    leases.resend("s1")
+    assert leases.take_unsent(index=11, exposed=10, now=0.5) == ["s1"]
+    assert leases.renew("s1", "m1", now=0.9, duration_s=1.0) == 10, "unconfirmed for 0.7 s of a 1 s lease"
+    assert leases.renew("s1", "m1", now=1.3, duration_s=1.0) is None, "unconfirmed for 1.1 s"
+    assert leases.grant("s1", "m1", now=1.3, duration_s=1.0, index=11) is None, "nor does the loop extend it"
+    assert leases.exposed(commit=11, now=1.8) == 10
+    # The lease ends where the last renewal put it; then the write is exposed.
+    assert leases.exposed(commit=11, now=1.9) == 11
+    holder = leases.grant("s1", "m1", now=2.0, duration_s=1.0, index=11)
+    assert holder is not None and holder.acked == 11, "a new lease starts afresh"
+
+
+def test_stall_limit_from_table() -> None:
+    # The replica sets the limit to an election timeout, whatever the
+    # remaining leader lease that a renewal requests.
+    leases = StoreLeases(stall_s=2.0)
+    leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
+    leases.take_unsent(index=11, exposed=10, now=0.1)
+    assert leases.renew("s1", "m1", now=1.5, duration_s=0.2) is None, "the lease ended at 1.0"
+    leases.grant("s1", "m1", now=1.5, duration_s=5.0, index=11)
+    leases.take_unsent(index=12, exposed=11, now=1.6)
+    assert leases.renew("s1", "m1", now=3.0, duration_s=0.2) == 11, "unconfirmed for 1.4 s of 2 s"
+    assert leases.renew("s1", "m1", now=3.7, duration_s=0.2) is None, "unconfirmed for 2.1 s"
+
+
+def test_holder_under_steady_writes_keeps_lease() -> None:
+    # Updates leave faster than the replies return, so some update always
+    # waits; each reply restarts the clock.
+    leases = StoreLeases()
+    leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
+    for step in range(1, 40):
+        now = step * 0.1
+        leases.take_unsent(index=10 + step, exposed=10 + step - 1, now=now)
+        leases.acknowledge("s1", index=10 + step - 1, exposed=10 + step - 2, now=now)
+        assert leases.renew("s1", "m1", now=now, duration_s=1.0) is not None, now
+    assert leases.holders["s1"].unconfirmed_since == pytest.approx(3.9)
+    leases.acknowledge("s1", index=49, exposed=48, now=4.0)
+    assert leases.holders["s1"].unconfirmed_since is None, "every update sent is confirmed"
 
 
 def test_new_leader_exposed_index_uncapped() -> None:
