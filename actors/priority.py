@@ -4,13 +4,13 @@ On a machine whose cores are all busy, the kernel shares them by weight, and
 the nice value sets the weight: each step changes it by a factor of about 1.25.
 
 - Ray 2.60 starts the threads that run an actor's Python code at nice 15
-  unless its `worker_niceness` setting says otherwise (seen in /proc).
+  unless its `worker_niceness` setting is changed (seen in /proc).
   rayconf's actors are servers: at nice 15 every client and every other
   program at nice 0 runs before them. So the Ray instances rayconf starts
   set `worker_niceness` to 0 (`cluster.ray_system_config`), and each store
   and replica logs a warning when it finds itself above nice 0.
 - A replica copies, hashes, fsyncs and serves chunks of large values on
-  threads at `ReplicaSettings.chunk_io_nice` (19), so that a burst of large
+  threads at `ReplicaSettings.chunk_io_nice` (10), so that a burst of large
   puts yields the cores to small reads and to Raft. Raising a nice value
   needs no privilege.
 

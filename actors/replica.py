@@ -726,6 +726,7 @@ class ReplicaActor:
         status["index_channel_answers"] = server.counters["answers"]
         status["index_channel_refusals"] = server.counters["refusals"]
         status["index_channel_lease_requests"] = server.counters["lease_requests"]
+        status["store_lease_stall_rejections"] = self.store_leases.stall_rejections
         status["pid"] = os.getpid()
         # The nice value of the thread that runs Raft (actors/priority.py).
         status["nice"] = current_nice()

@@ -140,10 +140,10 @@ class ReplicaChunks:
         return copied
 
     async def _copy_one(self, digest: bytes, ref: Any) -> bool:
-        if self.store.contains(digest):
-            # Refresh the file's age, so garbage collection never removes
-            # an old, unreferenced chunk that a new put is about to name.
-            await self._on_io_thread(self.store.touch, digest)
+        # Refresh the file's age, so garbage collection never removes an old,
+        # unreferenced chunk that a new put is about to name. When collection
+        # removed it first, it is copied below.
+        if self.store.contains(digest) and await self._on_io_thread(self.store.touch, digest):
             return False
         self._copying.add(digest)
         try:

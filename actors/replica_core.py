@@ -82,7 +82,7 @@ class ReplicaSettings:
     # Nice value of the threads that copy, hash, fsync and serve chunks, so
     # that large puts yield the cores to small reads and to Raft (see
     # actors/priority.py).
-    chunk_io_nice: int = 19
+    chunk_io_nice: int = 10
 
 
 @dataclass(slots=True)

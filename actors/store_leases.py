@@ -42,7 +42,9 @@ most one leader lease (the election timeout less the drift margin). Neither
 a grant nor a renewal extends a lease whose store has confirmed no update
 for an election timeout while one waits (`stall_s`), so a store that still
 requests renewals but no longer confirms updates delays writes by at
-most an election timeout and a leader lease.
+most an election timeout and a leader lease. That store then gets no new
+lease for a while, which doubles with each stall in a row up to
+`STALL_BACKOFF_MAX_S`, so writes are not held again at once.
 
 Writes in flight to other keys. With each new log index the leader also
 sends the key ranges that the entry may write (`write_ranges`), when it
@@ -66,6 +68,7 @@ alone. The replica actor sends the calls.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,8 +80,12 @@ from rayconf.store.records import AuthChange, Command, Compact, DeleteRange, Put
 # `key` on. None for an entry that may change anything a read returns.
 WriteRanges = tuple[tuple[bytes, bytes | None], ...] | None
 
+logger = logging.getLogger(__name__)
+
 # Fraction of a lease taken off for clock-rate differences between leader and store.
 LEASE_DRIFT_FRACTION = 0.1
+# Maximum wait, after a stalled lease ends, before its store may hold a lease again.
+STALL_BACKOFF_MAX_S = 30.0
 # Widest window (log entries) that a read checks for writes to its keys; a
 # read that finds a wider one takes the ReadIndex path.
 WINDOW_ENTRIES_MAX = 1024
@@ -101,10 +108,14 @@ class Holder:
     # When the oldest unconfirmed update was sent, reset by each confirmation.
     # None while the store has confirmed every update sent.
     unconfirmed_since: float | None = None
+    # Whether this lease has stalled, so that it is extended no more.
+    stalled: bool = False
 
-    def stalled(self, now: float, duration_s: float) -> bool:
-        """Return whether the store has confirmed nothing for `duration_s` while an update waits."""
-        return self.unconfirmed_since is not None and now - self.unconfirmed_since > duration_s
+    def unconfirmed_for(self, now: float) -> float:
+        """Return how long an update has waited for the store's confirmation; 0.0 when none waits."""
+        # One read of the field, which the event loop may change meanwhile.
+        since = self.unconfirmed_since
+        return 0.0 if since is None else now - since
 
 
 class StoreLeases:
@@ -116,12 +127,17 @@ class StoreLeases:
     nothing but a holder's `expires`.
     """
 
-    def __init__(self, stall_s: float | None = None) -> None:
+    def __init__(self, stall_s: float = 1.0) -> None:
+        if not stall_s > 0:
+            raise ValueError(f"stall_s is {stall_s!r}; give a positive number of seconds")
         self.holders: dict[str, Holder] = {}
         self.granted = 0
-        # How long a holder may leave an update unconfirmed and still have its
-        # lease extended. None means the duration of the requested extension.
+        # How long a holder may leave an update unconfirmed and still have its lease extended.
         self.stall_s = stall_s
+        # Stores whose last lease stalled: (no new lease before, the wait that set it).
+        self._backoff: dict[str, tuple[float, float]] = {}
+        # Grants and renewals rejected because of a stall or its backoff.
+        self.stall_rejections = 0
         self._lock = threading.Lock()
 
     def grant(self, store: str, following: str, now: float, duration_s: float, index: int) -> Holder | None:
@@ -132,15 +148,19 @@ class StoreLeases:
         raise it, because the store may still be serving reads under its
         current lease with the indexes it had before this grant arrives. A
         running lease whose store has left an update unconfirmed for
-        `stall_s` (by default `duration_s`) is not extended, so that it ends
-        and writes stop waiting for that store.
+        `stall_s` is not extended, so that it ends and writes stop waiting
+        for that store. That store then gets no new lease for a wait that
+        doubles with each stall in a row, up to `STALL_BACKOFF_MAX_S`.
         """
         with self._lock:
             holder = self.holders.get(store)
             if holder is None or holder.expires <= now:
+                if now < self._backoff.get(store, (0.0, 0.0))[0]:
+                    self.stall_rejections += 1
+                    return None
                 holder = Holder(following, now + duration_s, index, sent_index=index)
                 self.holders[store] = holder
-            elif holder.stalled(now, self.stall_s or duration_s):
+            elif self._reject_stalled(store, holder, now):
                 return None
             else:
                 holder.following = following
@@ -162,11 +182,27 @@ class StoreLeases:
         with self._lock:
             holder = self.holders.get(store)
             if (holder is None or holder.expires <= now or holder.following != following
-                    or holder.stalled(now, self.stall_s or duration_s)):
+                    or self._reject_stalled(store, holder, now)):
                 return None
             holder.expires = max(holder.expires, now + duration_s)
             self.granted += 1
             return holder.acked
+
+    def _reject_stalled(self, store: str, holder: Holder, now: float) -> bool:
+        """Return whether the lease of `holder` has stalled; at its first stall, set its store's backoff."""
+        if not holder.stalled:
+            waited_s = holder.unconfirmed_for(now)
+            if waited_s <= self.stall_s:
+                return False
+            holder.stalled = True
+            previous_s = self._backoff.get(store, (0.0, 0.0))[1]
+            wait_s = min(max(self.stall_s, 2 * previous_s), STALL_BACKOFF_MAX_S)
+            self._backoff[store] = (holder.expires + wait_s, wait_s)
+            logger.warning("store %s confirmed no lease update for %.1f s while one waited: its lease ends in "
+                           "%.1f s, and it gets no new one for %.1f s after that", store, waited_s,
+                           holder.expires - now, wait_s)
+        self.stall_rejections += 1
+        return True
 
     def exposed(self, commit: int, now: float) -> int:
         """Return the exposed index: `commit`, or less while an active holder has not confirmed it."""
@@ -182,6 +218,7 @@ class StoreLeases:
         """Forget the lease of `store`, which no longer exists; writes stop waiting for it."""
         with self._lock:
             self.holders.pop(store, None)
+            self._backoff.pop(store, None)
 
     def acknowledge(self, store: str, index: int, exposed: int, now: float) -> None:
         """Record that `store` accepted an update carrying `index` and `exposed`."""
@@ -191,6 +228,9 @@ class StoreLeases:
             holder.acked_exposed = max(holder.acked_exposed, exposed)
             caught_up = holder.acked >= holder.sent_index and holder.acked_exposed >= holder.sent_exposed
             holder.unconfirmed_since = None if caught_up else now
+            # The store confirms updates again, so a later stall backs off from the start.
+            with self._lock:
+                self._backoff.pop(store, None)
 
     def take_unsent(self, index: int, exposed: int, now: float) -> list[str]:
         """Return the holders not yet sent `index` or `exposed`, and mark both as sent to them."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,10 @@ class ChunkStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Held while a file's age is refreshed and while garbage collection
+        # checks a file's age and deletes it, so that a chunk refreshed for a
+        # new put is never deleted as old.
+        self._age_lock = threading.Lock()
 
     def path_of(self, digest: bytes) -> Path:
         _check_digest(digest)
@@ -48,7 +53,8 @@ class ChunkStore:
     def write(self, digest: bytes, data: bytes) -> bool:
         """Store `data` under `digest` durably; return False when the chunk was already there.
 
-        Raises `ChunkCorrupt` when `data` does not hash to `digest`, and writes nothing then.
+        A chunk already there has its age refreshed, as by `touch`. Raises
+        `ChunkCorrupt` when `data` does not hash to `digest`, and writes nothing then.
         """
         if hashlib.sha256(data).digest() != digest:
             raise ChunkCorrupt(
@@ -57,7 +63,7 @@ class ChunkStore:
                 digest=digest.hex(),
             )
         path = self.path_of(digest)
-        if path.is_file():
+        if self.touch(digest):
             return False
         path.parent.mkdir(exist_ok=True)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}{_TEMPORARY_SUFFIX}")
@@ -73,12 +79,14 @@ class ChunkStore:
         _fsync_directory(path.parent)
         return True
 
-    def touch(self, digest: bytes) -> None:
-        """Mark the chunk as just written, which restarts its garbage-collection grace period."""
-        try:
-            os.utime(self.path_of(digest))
-        except FileNotFoundError:
-            return
+    def touch(self, digest: bytes) -> bool:
+        """Mark the chunk as just written, restarting its garbage-collection grace period; return whether it exists."""
+        with self._age_lock:
+            try:
+                os.utime(self.path_of(digest))
+            except FileNotFoundError:
+                return False
+            return True
 
     def read(self, digest: bytes) -> bytes:
         """Return the chunk's bytes; raise `ChunkMissing` if absent and `ChunkCorrupt` if they fail the hash."""
@@ -119,19 +127,20 @@ class ChunkStore:
         cutoff = (time.time() if now_s is None else now_s) - grace_s
         removed: list[bytes] = []
         for path in list(self._files()):
-            try:
-                modified = path.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if modified > cutoff:
-                continue
-            if path.name.endswith(_TEMPORARY_SUFFIX):
-                path.unlink(missing_ok=True)
-                continue
-            digest = bytes.fromhex(path.name)
-            if digest not in referenced:
-                path.unlink(missing_ok=True)
-                removed.append(digest)
+            with self._age_lock:
+                try:
+                    modified = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if modified > cutoff:
+                    continue
+                if path.name.endswith(_TEMPORARY_SUFFIX):
+                    path.unlink(missing_ok=True)
+                    continue
+                digest = bytes.fromhex(path.name)
+                if digest not in referenced:
+                    path.unlink(missing_ok=True)
+                    removed.append(digest)
         if removed:
             logger.info("chunk store %s removed %d unreferenced chunks", self.directory, len(removed))
         return removed

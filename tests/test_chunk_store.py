@@ -148,14 +148,34 @@ def test_garbage_collection_keeps_referenced_and_young(tmp_path: Path) -> None:
     assert not store.contains(digests["orphan"])
 
 
-def test_touch_restarts_grace_period(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path)
+def hour_old_chunk(store: ChunkStore) -> tuple[bytes, bytes]:
+    """Write a random chunk whose file is an hour old; return its digest and bytes."""
     data = os.urandom(100)
     digest = hashlib.sha256(data).digest()
     store.write(digest, data)
     old = time.time() - 3600
     os.utime(store.path_of(digest), (old, old))
-    store.touch(digest)
+    return digest, data
+
+
+def test_touch_restarts_grace_period(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    digest, _ = hour_old_chunk(store)
+    assert store.touch(digest) is True
+    assert store.collect_garbage(set(), grace_s=60) == []
+
+
+def test_touch_reports_collected_chunk(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    digest, _ = hour_old_chunk(store)
+    assert store.collect_garbage(set(), grace_s=60) == [digest]
+    assert store.touch(digest) is False, "the caller must copy the chunk again"
+
+
+def test_rewrite_refreshes_existing_chunk(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    digest, data = hour_old_chunk(store)
+    assert store.write(digest, data) is False
     assert store.collect_garbage(set(), grace_s=60) == []
 
 

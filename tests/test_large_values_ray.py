@@ -328,8 +328,12 @@ def thread_nice_values(pid: int) -> set[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values per thread are Linux's")
 def test_nice_values_of_servers_and_chunk_threads(spec: ClusterSpec, client: Client) -> None:
-    # The copies of a new large value start the replicas' chunk threads.
+    # The copies of a new large value start the replicas' chunk threads. The
+    # put returns once a quorum has the chunks, so the last voter may still copy.
     client.put("/priority/large", random_value(3 * MIB, seed=7))
+    pids = {member: ray.get(find_replica(spec, member).status.remote())["pid"] for member in spec.members()}
+    wait_until(lambda: all(spec.settings.chunk_io_nice in thread_nice_values(pid) for pid in pids.values()),
+               timeout_s=30.0, what="every replica has started its chunk threads")
     for store in spec.stores():
         status = ray.get(find_store(spec, store).status.remote())
         assert status["nice"] == 0, status

@@ -194,32 +194,58 @@ def test_silent_holder_loses_lease() -> None:
     # The store keeps asking for renewals, but the updates to it time out
     # (each failure resends from what it confirmed). Its lease must end, so
     # that writes stop waiting for it.
-    leases = StoreLeases()
+    leases = StoreLeases(stall_s=1.0)
     leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
     assert leases.take_unsent(index=11, exposed=10, now=0.2) == ["s1"]
     leases.resend("s1")
     assert leases.take_unsent(index=11, exposed=10, now=0.5) == ["s1"]
-    assert leases.renew("s1", "m1", now=0.9, duration_s=1.0) == 10, "unconfirmed for 0.7 s of a 1 s lease"
+    assert leases.renew("s1", "m1", now=0.9, duration_s=1.0) == 10, "unconfirmed for 0.7 s of 1 s"
     assert leases.renew("s1", "m1", now=1.3, duration_s=1.0) is None, "unconfirmed for 1.1 s"
     assert leases.grant("s1", "m1", now=1.3, duration_s=1.0, index=11) is None, "nor does the loop extend it"
+    assert leases.stall_rejections == 2
     assert leases.exposed(commit=11, now=1.8) == 10
     # The lease ends where the last renewal put it; then the write is exposed.
     assert leases.exposed(commit=11, now=1.9) == 11
-    holder = leases.grant("s1", "m1", now=2.0, duration_s=1.0, index=11)
-    assert holder is not None and holder.acked == 11, "a new lease starts afresh"
+    # No new lease for stall_s after the end, so writes are not held again at once.
+    assert leases.grant("s1", "m1", now=2.0, duration_s=1.0, index=11) is None
+    holder = leases.grant("s1", "m1", now=3.0, duration_s=1.0, index=11)
+    assert holder is not None
+    assert holder.acked == 11, "a new lease starts at the granted index"
+
+
+def test_stalls_in_a_row_double_the_wait() -> None:
+    leases = StoreLeases(stall_s=1.0)
+    start = 0.0
+    for wait_s in (1.0, 2.0, 4.0):
+        holder = leases.grant("s1", "m1", now=start, duration_s=5.0, index=10)
+        assert holder is not None, start
+        leases.take_unsent(index=11, exposed=10, now=start)
+        assert leases.renew("s1", "m1", now=start + 1.5, duration_s=1.0) is None
+        end = start + 5.0
+        assert leases.grant("s1", "m1", now=end + wait_s - 0.1, duration_s=5.0, index=11) is None, wait_s
+        start = end + wait_s
+    assert leases.stall_rejections == 6
+
+
+def test_confirmation_resets_the_backoff() -> None:
+    leases = StoreLeases(stall_s=1.0)
+    leases.grant("s1", "m1", now=0.0, duration_s=2.0, index=10)
+    leases.take_unsent(index=11, exposed=10, now=0.0)
+    assert leases.renew("s1", "m1", now=1.5, duration_s=1.0) is None
+    # A late reply: the store works again, so its next lease comes at once.
+    leases.acknowledge("s1", index=11, exposed=10, now=1.6)
+    assert leases.grant("s1", "m1", now=2.1, duration_s=1.0, index=11) is not None
 
 
 def test_stall_limit_from_table() -> None:
     # The replica sets the limit to an election timeout, whatever the
     # remaining leader lease that a renewal requests.
     leases = StoreLeases(stall_s=2.0)
-    leases.grant("s1", "m1", now=0.0, duration_s=1.0, index=10)
+    leases.grant("s1", "m1", now=0.0, duration_s=5.0, index=10)
     leases.take_unsent(index=11, exposed=10, now=0.1)
-    assert leases.renew("s1", "m1", now=1.5, duration_s=0.2) is None, "the lease ended at 1.0"
-    leases.grant("s1", "m1", now=1.5, duration_s=5.0, index=11)
-    leases.take_unsent(index=12, exposed=11, now=1.6)
-    assert leases.renew("s1", "m1", now=3.0, duration_s=0.2) == 11, "unconfirmed for 1.4 s of 2 s"
-    assert leases.renew("s1", "m1", now=3.7, duration_s=0.2) is None, "unconfirmed for 2.1 s"
+    assert leases.renew("s1", "m1", now=1.5, duration_s=0.2) == 10, "unconfirmed for 1.4 s of 2 s"
+    assert leases.grant("s1", "m1", now=2.0, duration_s=0.2, index=11) is not None, "unconfirmed for 1.9 s"
+    assert leases.renew("s1", "m1", now=2.2, duration_s=0.2) is None, "unconfirmed for 2.1 s"
 
 
 def test_holder_under_steady_writes_keeps_lease() -> None:
