@@ -190,6 +190,7 @@ class ReplicaActor:
             self._resolve_proposals()
             if outcome.leader_changed:
                 self._fail_reads("the leader changed while the read was waiting")
+                self.store_leases.reset_backoff()
         self.transport.flush()
         self._release_held()
         self._resolve_applied()

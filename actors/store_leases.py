@@ -44,7 +44,9 @@ for an election timeout while one waits (`stall_s`), so a store that still
 requests renewals but no longer confirms updates delays writes by at
 most an election timeout and a leader lease. That store then gets no new
 lease for a while, which doubles with each stall in a row up to
-`STALL_BACKOFF_MAX_S`, so writes are not held again at once.
+`STALL_BACKOFF_MAX_S`, so writes are not held again at once. An update left
+unconfirmed when a lease ends counts against the store's next lease, since
+a lease is shorter than an election timeout.
 
 Writes in flight to other keys. With each new log index the leader also
 sends the key ranges that the entry may write (`write_ranges`), when it
@@ -136,7 +138,11 @@ class StoreLeases:
         self.stall_s = stall_s
         # Stores whose last lease stalled: (no new lease before, the wait that set it).
         self._backoff: dict[str, tuple[float, float]] = {}
-        # Grants and renewals rejected because of a stall or its backoff.
+        # Stores whose lease ended with an update unconfirmed: (unconfirmed since,
+        # lease end). A new lease soon after inherits the first, so that a store
+        # whose leases are shorter than `stall_s` cannot start each one afresh.
+        self._carried: dict[str, tuple[float, float]] = {}
+        # Grants rejected because of a stall or its backoff.
         self.stall_rejections = 0
         self._lock = threading.Lock()
 
@@ -152,21 +158,33 @@ class StoreLeases:
         for that store. That store then gets no new lease for a wait that
         doubles with each stall in a row, up to `STALL_BACKOFF_MAX_S`.
         """
+        warning = None
         with self._lock:
             holder = self.holders.get(store)
             if holder is None or holder.expires <= now:
+                if holder is not None:
+                    self._carry(store, holder)
                 if now < self._backoff.get(store, (0.0, 0.0))[0]:
                     self.stall_rejections += 1
                     return None
                 holder = Holder(following, now + duration_s, index, sent_index=index)
+                carried = self._carried.pop(store, None)
+                if carried is not None and now - carried[1] <= self.stall_s:
+                    holder.unconfirmed_since = carried[0]
                 self.holders[store] = holder
-            elif self._reject_stalled(store, holder, now):
-                return None
             else:
-                holder.following = following
-                holder.expires = max(holder.expires, now + duration_s)
-            self.granted += 1
-            return holder
+                stalled, warning = self._check_stall(store, holder, now)
+                if stalled:
+                    self.stall_rejections += 1
+                    holder = None
+                else:
+                    holder.following = following
+                    holder.expires = max(holder.expires, now + duration_s)
+            if holder is not None:
+                self.granted += 1
+        if warning:
+            logger.warning("%s", warning)
+        return holder
 
     def renew(self, store: str, following: str, now: float, duration_s: float) -> int | None:
         """Extend the lease of `store` to `now + duration_s` if it has not ended; return its `acked`, or None.
@@ -179,30 +197,48 @@ class StoreLeases:
         call from another thread: the holder stays in the table until its
         new end.
         """
+        warning = None
+        acked = None
         with self._lock:
             holder = self.holders.get(store)
-            if (holder is None or holder.expires <= now or holder.following != following
-                    or self._reject_stalled(store, holder, now)):
-                return None
-            holder.expires = max(holder.expires, now + duration_s)
-            self.granted += 1
-            return holder.acked
+            if holder is not None and holder.expires > now and holder.following == following:
+                stalled, warning = self._check_stall(store, holder, now)
+                if not stalled:
+                    holder.expires = max(holder.expires, now + duration_s)
+                    self.granted += 1
+                    acked = holder.acked
+        if warning:
+            logger.warning("%s", warning)
+        return acked
 
-    def _reject_stalled(self, store: str, holder: Holder, now: float) -> bool:
-        """Return whether the lease of `holder` has stalled; at its first stall, set its store's backoff."""
-        if not holder.stalled:
-            waited_s = holder.unconfirmed_for(now)
-            if waited_s <= self.stall_s:
-                return False
-            holder.stalled = True
-            previous_s = self._backoff.get(store, (0.0, 0.0))[1]
-            wait_s = min(max(self.stall_s, 2 * previous_s), STALL_BACKOFF_MAX_S)
-            self._backoff[store] = (holder.expires + wait_s, wait_s)
-            logger.warning("store %s confirmed no lease update for %.1f s while one waited: its lease ends in "
-                           "%.1f s, and it gets no new one for %.1f s after that", store, waited_s,
-                           holder.expires - now, wait_s)
-        self.stall_rejections += 1
-        return True
+    def _check_stall(self, store: str, holder: Holder, now: float) -> tuple[bool, str | None]:
+        """Return whether the lease of `holder` has stalled, and at its first stall set the backoff and a warning."""
+        if holder.stalled:
+            return True, None
+        waited_s = holder.unconfirmed_for(now)
+        if waited_s <= self.stall_s:
+            return False, None
+        holder.stalled = True
+        not_before, previous_s = self._backoff.get(store, (0.0, 0.0))
+        if now - not_before > STALL_BACKOFF_MAX_S:
+            # The last stall is long past: start the doubling over.
+            previous_s = 0.0
+        wait_s = min(max(self.stall_s, 2 * previous_s), STALL_BACKOFF_MAX_S)
+        self._backoff[store] = (holder.expires + wait_s, wait_s)
+        return True, (f"store {store} confirmed no lease update for {waited_s:.1f} s while one waited: its lease "
+                      f"ends in {holder.expires - now:.1f} s, and it gets no new one for {wait_s:.1f} s after that")
+
+    def _carry(self, store: str, ended: Holder) -> None:
+        """Keep when the oldest update to an ended lease went unconfirmed, for the store's next lease."""
+        since = ended.unconfirmed_since
+        if since is not None and not ended.stalled:
+            self._carried[store] = (since, ended.expires)
+
+    def reset_backoff(self) -> None:
+        """Forget every stall, as on a change of leader or term: they were judged by another leader's updates."""
+        with self._lock:
+            self._backoff.clear()
+            self._carried.clear()
 
     def exposed(self, commit: int, now: float) -> int:
         """Return the exposed index: `commit`, or less while an active holder has not confirmed it."""
@@ -212,13 +248,14 @@ class StoreLeases:
     def drop_expired(self, now: float) -> None:
         with self._lock:
             for store in [store for store, holder in self.holders.items() if holder.expires <= now]:
-                del self.holders[store]
+                self._carry(store, self.holders.pop(store))
 
     def drop(self, store: str) -> None:
         """Forget the lease of `store`, which no longer exists; writes stop waiting for it."""
         with self._lock:
             self.holders.pop(store, None)
             self._backoff.pop(store, None)
+            self._carried.pop(store, None)
 
     def acknowledge(self, store: str, index: int, exposed: int, now: float) -> None:
         """Record that `store` accepted an update carrying `index` and `exposed`."""
@@ -228,9 +265,10 @@ class StoreLeases:
             holder.acked_exposed = max(holder.acked_exposed, exposed)
             caught_up = holder.acked >= holder.sent_index and holder.acked_exposed >= holder.sent_exposed
             holder.unconfirmed_since = None if caught_up else now
-            # The store confirms updates again, so a later stall backs off from the start.
-            with self._lock:
-                self._backoff.pop(store, None)
+            if not holder.stalled and store in self._backoff:
+                # A lease granted after the backoff works, so a later stall backs off from the start.
+                with self._lock:
+                    self._backoff.pop(store, None)
 
     def take_unsent(self, index: int, exposed: int, now: float) -> list[str]:
         """Return the holders not yet sent `index` or `exposed`, and mark both as sent to them."""

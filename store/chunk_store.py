@@ -107,11 +107,12 @@ class ChunkStore:
     def remove(self, digest: bytes) -> bool:
         """Delete the chunk file; return whether it existed."""
         path = self.path_of(digest)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        with self._age_lock:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
 
     def digests(self) -> Iterator[bytes]:
         """Yield the digest of every chunk file, in no particular order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +171,28 @@ def test_touch_reports_collected_chunk(tmp_path: Path) -> None:
     digest, _ = hour_old_chunk(store)
     assert store.collect_garbage(set(), grace_s=60) == [digest]
     assert store.touch(digest) is False, "the caller must copy the chunk again"
+
+
+def test_touch_never_loses_to_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Collection pauses between its age check and the delete. A touch in that
+    # pause must report whether the chunk survives.
+    store = ChunkStore(tmp_path)
+    digest, _ = hour_old_chunk(store)
+    checked = threading.Event()
+    unlink = Path.unlink
+
+    def paused_unlink(path: Path, missing_ok: bool = False) -> None:
+        checked.set()
+        time.sleep(0.2)
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", paused_unlink)
+    collector = threading.Thread(target=store.collect_garbage, args=(set(), 60))
+    collector.start()
+    assert checked.wait(timeout=10)
+    touched = store.touch(digest)
+    collector.join()
+    assert touched == store.contains(digest)
 
 
 def test_rewrite_refreshes_existing_chunk(tmp_path: Path) -> None:

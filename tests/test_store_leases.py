@@ -202,7 +202,7 @@ def test_silent_holder_loses_lease() -> None:
     assert leases.renew("s1", "m1", now=0.9, duration_s=1.0) == 10, "unconfirmed for 0.7 s of 1 s"
     assert leases.renew("s1", "m1", now=1.3, duration_s=1.0) is None, "unconfirmed for 1.1 s"
     assert leases.grant("s1", "m1", now=1.3, duration_s=1.0, index=11) is None, "nor does the loop extend it"
-    assert leases.stall_rejections == 2
+    assert leases.stall_rejections == 1, "grants are counted, renewals on the channel's thread not"
     assert leases.exposed(commit=11, now=1.8) == 10
     # The lease ends where the last renewal put it; then the write is exposed.
     assert leases.exposed(commit=11, now=1.9) == 11
@@ -224,17 +224,83 @@ def test_stalls_in_a_row_double_the_wait() -> None:
         end = start + 5.0
         assert leases.grant("s1", "m1", now=end + wait_s - 0.1, duration_s=5.0, index=11) is None, wait_s
         start = end + wait_s
-    assert leases.stall_rejections == 6
+    assert leases.stall_rejections == 3
 
 
-def test_confirmation_resets_the_backoff() -> None:
+def stall(leases: StoreLeases, start: float, duration_s: float = 5.0) -> float:
+    """Grant s1 a lease at `start`, leave an update unconfirmed until it stalls; return the lease's end."""
+    holder = leases.grant("s1", "m1", now=start, duration_s=duration_s, index=10)
+    assert holder is not None, start
+    leases.take_unsent(index=holder.sent_index + 1, exposed=10, now=start)
+    assert leases.renew("s1", "m1", now=start + leases.stall_s + 0.1, duration_s=1.0) is None
+    return holder.expires
+
+
+def test_late_reply_keeps_the_backoff() -> None:
     leases = StoreLeases(stall_s=1.0)
-    leases.grant("s1", "m1", now=0.0, duration_s=2.0, index=10)
-    leases.take_unsent(index=11, exposed=10, now=0.0)
-    assert leases.renew("s1", "m1", now=1.5, duration_s=1.0) is None
-    # A late reply: the store works again, so its next lease comes at once.
-    leases.acknowledge("s1", index=11, exposed=10, now=1.6)
-    assert leases.grant("s1", "m1", now=2.1, duration_s=1.0, index=11) is not None
+    end = stall(leases, start=0.0)
+    # A reply to the stalled lease does not prove the store works again.
+    leases.acknowledge("s1", index=11, exposed=10, now=end - 0.5)
+    assert leases.grant("s1", "m1", now=end + 0.5, duration_s=1.0, index=11) is None
+
+
+def test_working_lease_resets_the_backoff() -> None:
+    leases = StoreLeases(stall_s=1.0)
+    end = stall(leases, start=0.0)
+    assert leases.grant("s1", "m1", now=end + 1.0, duration_s=1.0, index=11) is not None
+    leases.take_unsent(index=12, exposed=11, now=end + 1.1)
+    leases.acknowledge("s1", index=12, exposed=11, now=end + 1.2)
+    # The next stall waits stall_s again, not twice that.
+    second_end = stall(leases, start=end + 3.0)
+    assert leases.grant("s1", "m1", now=second_end + 0.9, duration_s=1.0, index=12) is None
+    assert leases.grant("s1", "m1", now=second_end + 1.0, duration_s=1.0, index=12) is not None
+
+
+def test_backoff_wait_capped() -> None:
+    leases = StoreLeases(stall_s=10.0)
+    start = 0.0
+    for wait_s in (10.0, 20.0, store_leases.STALL_BACKOFF_MAX_S, store_leases.STALL_BACKOFF_MAX_S):
+        end = stall(leases, start=start, duration_s=20.0)
+        assert leases.grant("s1", "m1", now=end + wait_s - 0.1, duration_s=1.0, index=11) is None, wait_s
+        start = end + wait_s
+
+
+def test_backoff_streak_forgotten_after_quiet() -> None:
+    leases = StoreLeases(stall_s=1.0)
+    end = stall(leases, start=0.0)
+    # Long after the wait ended, a new stall starts the doubling over.
+    start = end + 1.0 + store_leases.STALL_BACKOFF_MAX_S + 1.0
+    second_end = stall(leases, start=start)
+    assert leases.grant("s1", "m1", now=second_end + 1.0, duration_s=1.0, index=11) is not None
+
+
+def test_new_leader_and_drop_forget_the_backoff() -> None:
+    leases = StoreLeases(stall_s=1.0)
+    end = stall(leases, start=0.0)
+    leases.reset_backoff()
+    assert leases.grant("s1", "m1", now=end, duration_s=1.0, index=11) is not None
+    leases.holders.clear()
+    end = stall(leases, start=end + 2.0)
+    leases.drop("s1")
+    assert leases.grant("s1", "m1", now=end, duration_s=1.0, index=11) is not None
+
+
+def test_short_leases_inherit_the_unconfirmed_update() -> None:
+    # Leases shorter than stall_s, as with the defaults (about 0.36 s against
+    # 0.5 s): a store that never confirms must not start each one afresh.
+    leases = StoreLeases(stall_s=0.5)
+    leases.grant("s1", "m1", now=0.0, duration_s=0.36, index=10)
+    leases.take_unsent(index=11, exposed=10, now=0.1)
+    assert leases.exposed(commit=11, now=0.4) == 11, "the lease ended at 0.36"
+    assert leases.grant("s1", "m1", now=0.4, duration_s=0.36, index=11) is not None
+    assert leases.renew("s1", "m1", now=0.55, duration_s=0.3) == 11, "unconfirmed for 0.45 s"
+    assert leases.renew("s1", "m1", now=0.65, duration_s=0.3) is None, "unconfirmed for 0.55 s"
+    # A store that comes back long after its lease ended starts afresh.
+    fresh = StoreLeases(stall_s=0.5)
+    fresh.grant("s1", "m1", now=0.0, duration_s=0.36, index=10)
+    fresh.take_unsent(index=11, exposed=10, now=0.1)
+    assert fresh.grant("s1", "m1", now=5.0, duration_s=0.36, index=11) is not None
+    assert fresh.renew("s1", "m1", now=5.2, duration_s=0.3) == 11
 
 
 def test_stall_limit_from_table() -> None:
