@@ -156,35 +156,46 @@ class StoreLeases:
         running lease whose store has left an update unconfirmed for
         `stall_s` is not extended, so that it ends and writes stop waiting
         for that store. That store then gets no new lease for a wait that
-        doubles with each stall in a row, up to `STALL_BACKOFF_MAX_S`.
+        doubles with each stall in a row, up to `STALL_BACKOFF_MAX_S`; a
+        lease that ends with every update confirmed resets it.
         """
-        warning = None
         with self._lock:
-            holder = self.holders.get(store)
-            if holder is None or holder.expires <= now:
-                if holder is not None:
-                    self._carry(store, holder)
-                if now < self._backoff.get(store, (0.0, 0.0))[0]:
-                    self.stall_rejections += 1
-                    return None
-                holder = Holder(following, now + duration_s, index, sent_index=index)
-                carried = self._carried.pop(store, None)
-                if carried is not None and now - carried[1] <= self.stall_s:
-                    holder.unconfirmed_since = carried[0]
-                self.holders[store] = holder
+            granted, warning = self._grant(store, following, now, duration_s, index)
+            if granted is None:
+                self.stall_rejections += 1
             else:
-                stalled, warning = self._check_stall(store, holder, now)
-                if stalled:
-                    self.stall_rejections += 1
-                    holder = None
-                else:
-                    holder.following = following
-                    holder.expires = max(holder.expires, now + duration_s)
-            if holder is not None:
                 self.granted += 1
         if warning:
             logger.warning("%s", warning)
-        return holder
+        return granted
+
+    def _grant(self, store: str, following: str, now: float, duration_s: float,
+               index: int) -> tuple[Holder | None, str | None]:
+        """Do the work of `grant` under the lock; return the holder, or None, and a warning to log."""
+        holder = self.holders.get(store)
+        if holder is not None and holder.expires > now:
+            stalled, warning = self._check_stall(store, holder, now)
+            if stalled:
+                return None, warning
+            holder.following = following
+            holder.expires = max(holder.expires, now + duration_s)
+            return holder, None
+        if holder is not None:
+            self._carry(store, self.holders.pop(store))
+        if now < self._backoff.get(store, (0.0, 0.0))[0]:
+            return None, None
+        holder = Holder(following, now, index, sent_index=index)
+        carried = self._carried.pop(store, None)
+        if carried is not None and now - carried[1] <= self.stall_s:
+            # An update has waited since before this lease. If that is a
+            # stall, the lease never starts and the backoff counts from now.
+            holder.unconfirmed_since = carried[0]
+            stalled, warning = self._check_stall(store, holder, now)
+            if stalled:
+                return None, warning
+        holder.expires = now + duration_s
+        self.holders[store] = holder
+        return holder, None
 
     def renew(self, store: str, following: str, now: float, duration_s: float) -> int | None:
         """Extend the lease of `store` to `now + duration_s` if it has not ended; return its `acked`, or None.
@@ -229,9 +240,14 @@ class StoreLeases:
                       f"ends in {holder.expires - now:.1f} s, and it gets no new one for {wait_s:.1f} s after that")
 
     def _carry(self, store: str, ended: Holder) -> None:
-        """Keep when the oldest update to an ended lease went unconfirmed, for the store's next lease."""
+        """Note how the lease of `ended` finished: clean, which resets the backoff, or with an update waiting."""
         since = ended.unconfirmed_since
-        if since is not None and not ended.stalled:
+        if ended.stalled:
+            return
+        if since is None:
+            # Every update of a whole lease was confirmed: the store works.
+            self._backoff.pop(store, None)
+        else:
             self._carried[store] = (since, ended.expires)
 
     def reset_backoff(self) -> None:
@@ -265,10 +281,10 @@ class StoreLeases:
             holder.acked_exposed = max(holder.acked_exposed, exposed)
             caught_up = holder.acked >= holder.sent_index and holder.acked_exposed >= holder.sent_exposed
             holder.unconfirmed_since = None if caught_up else now
-            if not holder.stalled and store in self._backoff:
-                # A lease granted after the backoff works, so a later stall backs off from the start.
-                with self._lock:
-                    self._backoff.pop(store, None)
+        elif store in self._carried:
+            # A late reply to an ended lease: the update it carried is confirmed.
+            with self._lock:
+                self._carried.pop(store, None)
 
     def take_unsent(self, index: int, exposed: int, now: float) -> list[str]:
         """Return the holders not yet sent `index` or `exposed`, and mark both as sent to them."""

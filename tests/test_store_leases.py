@@ -303,6 +303,43 @@ def test_short_leases_inherit_the_unconfirmed_update() -> None:
     assert fresh.renew("s1", "m1", now=5.2, duration_s=0.3) == 11
 
 
+def test_store_asking_after_each_end_is_caught() -> None:
+    # It never confirms, and each request reaches the leader after its last
+    # lease ended, so no lease is ever renewed.
+    leases = StoreLeases(stall_s=0.5)
+    assert leases.grant("s1", "m1", now=0.0, duration_s=0.36, index=10) is not None
+    leases.take_unsent(index=11, exposed=10, now=0.1)
+    assert leases.grant("s1", "m1", now=0.4, duration_s=0.36, index=11) is not None, "waited 0.3 s"
+    assert leases.grant("s1", "m1", now=0.8, duration_s=0.36, index=11) is None, "waited 0.7 s"
+    assert leases.grant("s1", "m1", now=1.2, duration_s=0.36, index=11) is None, "backing off"
+    assert leases.grant("s1", "m1", now=1.3, duration_s=0.36, index=11) is not None
+
+
+def test_late_reply_after_lease_end_clears_the_carry() -> None:
+    leases = StoreLeases(stall_s=0.5)
+    leases.grant("s1", "m1", now=0.0, duration_s=0.36, index=10)
+    leases.take_unsent(index=11, exposed=10, now=0.3)
+    assert leases.exposed(commit=11, now=0.37) == 11, "the lease ended"
+    leases.acknowledge("s1", index=11, exposed=10, now=0.4)
+    assert leases.grant("s1", "m1", now=0.66, duration_s=0.36, index=11) is not None
+    assert leases.renew("s1", "m1", now=0.9, duration_s=0.3) == 11, "nothing waits since 0.3"
+
+
+def test_one_reply_per_lease_still_doubles() -> None:
+    leases = StoreLeases(stall_s=1.0)
+    end = stall(leases, start=0.0)
+    # The next lease confirms its first update, then stalls: no clean end, so the wait doubles.
+    holder = leases.grant("s1", "m1", now=end + 1.0, duration_s=5.0, index=11)
+    assert holder is not None
+    leases.take_unsent(index=12, exposed=11, now=end + 1.0)
+    leases.acknowledge("s1", index=12, exposed=11, now=end + 1.1)
+    leases.take_unsent(index=13, exposed=12, now=end + 1.2)
+    assert leases.renew("s1", "m1", now=end + 2.3, duration_s=1.0) is None
+    second_end = holder.expires
+    assert leases.grant("s1", "m1", now=second_end + 1.9, duration_s=1.0, index=13) is None
+    assert leases.grant("s1", "m1", now=second_end + 2.0, duration_s=1.0, index=13) is not None
+
+
 def test_stall_limit_from_table() -> None:
     # The replica sets the limit to an election timeout, whatever the
     # remaining leader lease that a renewal requests.
