@@ -124,9 +124,9 @@ class StoreLeases:
     """The leader's table of store read leases.
 
     The replica's event loop makes every change but one: the index channel's
-    thread may extend a lease that has not ended (`renew`). So granting,
-    renewing and dropping ended leases hold one lock, and the thread changes
-    nothing but a holder's `expires`.
+    thread may extend a lease that has not ended (`renew`), or mark it
+    stalled and set its store's backoff. So granting, renewing and dropping
+    ended leases hold one lock, and the thread adds and removes no holder.
     """
 
     def __init__(self, stall_s: float = 1.0) -> None:
@@ -147,7 +147,7 @@ class StoreLeases:
         self._lock = threading.Lock()
 
     def grant(self, store: str, following: str, now: float, duration_s: float, index: int) -> Holder | None:
-        """Record a lease for `store` until `now + duration_s`; return its record, or None for a stalled holder.
+        """Record a lease for `store` until `now + duration_s`; return its record, or None for a stalled store.
 
         A new holder starts at `index`, which the grant sends the store. A
         renewal keeps `acked` as it is: only the store's replies to updates
@@ -237,13 +237,14 @@ class StoreLeases:
         wait_s = min(max(self.stall_s, 2 * previous_s), STALL_BACKOFF_MAX_S)
         self._backoff[store] = (holder.expires + wait_s, wait_s)
         return True, (f"store {store} confirmed no lease update for {waited_s:.1f} s while one waited: its lease "
-                      f"ends in {holder.expires - now:.1f} s, and it gets no new one for {wait_s:.1f} s after that")
+                      f"is not extended (it ends in {holder.expires - now:.1f} s), and the store gets no new lease "
+                      f"for {wait_s:.1f} s after that")
 
     def _carry(self, store: str, ended: Holder) -> None:
-        """Note how the lease of `ended` finished: clean, which resets the backoff, or with an update waiting."""
-        since = ended.unconfirmed_since
+        """Record how the lease of `ended` finished: clean, which resets the backoff, or with an update waiting."""
         if ended.stalled:
             return
+        since = ended.unconfirmed_since
         if since is None:
             # Every update of a whole lease was confirmed: the store works.
             self._backoff.pop(store, None)
@@ -251,7 +252,7 @@ class StoreLeases:
             self._carried[store] = (since, ended.expires)
 
     def reset_backoff(self) -> None:
-        """Forget every stall, as on a change of leader or term: they were judged by another leader's updates."""
+        """Forget every stall and carried update; the replica calls it when the leader changes."""
         with self._lock:
             self._backoff.clear()
             self._carried.clear()

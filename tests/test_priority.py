@@ -24,7 +24,7 @@ def test_bad_chunk_io_nice_named_in_error(value: object) -> None:
                     settings=ReplicaSettings(chunk_io_nice=value))  # type: ignore[arg-type]
 
 
-def test_ray_workers_start_at_nice_zero() -> None:
+def test_system_config_sets_worker_niceness() -> None:
     assert ray_system_config()["worker_niceness"] == 0
 
 

@@ -191,7 +191,7 @@ def test_renewal_never_shortens_a_lease() -> None:
 
 
 def test_silent_holder_loses_lease() -> None:
-    # The store keeps asking for renewals, but the updates to it time out
+    # The store keeps requesting renewals, but the updates to it time out
     # (each failure resends from what it confirmed). Its lease must end, so
     # that writes stop waiting for it.
     leases = StoreLeases(stall_s=1.0)
@@ -213,20 +213,6 @@ def test_silent_holder_loses_lease() -> None:
     assert holder.acked == 11, "a new lease starts at the granted index"
 
 
-def test_stalls_in_a_row_double_the_wait() -> None:
-    leases = StoreLeases(stall_s=1.0)
-    start = 0.0
-    for wait_s in (1.0, 2.0, 4.0):
-        holder = leases.grant("s1", "m1", now=start, duration_s=5.0, index=10)
-        assert holder is not None, start
-        leases.take_unsent(index=11, exposed=10, now=start)
-        assert leases.renew("s1", "m1", now=start + 1.5, duration_s=1.0) is None
-        end = start + 5.0
-        assert leases.grant("s1", "m1", now=end + wait_s - 0.1, duration_s=5.0, index=11) is None, wait_s
-        start = end + wait_s
-    assert leases.stall_rejections == 3
-
-
 def stall(leases: StoreLeases, start: float, duration_s: float = 5.0) -> float:
     """Grant s1 a lease at `start`, leave an update unconfirmed until it stalls; return the lease's end."""
     holder = leases.grant("s1", "m1", now=start, duration_s=duration_s, index=10)
@@ -234,6 +220,16 @@ def stall(leases: StoreLeases, start: float, duration_s: float = 5.0) -> float:
     leases.take_unsent(index=holder.sent_index + 1, exposed=10, now=start)
     assert leases.renew("s1", "m1", now=start + leases.stall_s + 0.1, duration_s=1.0) is None
     return holder.expires
+
+
+def test_stalls_in_row_double_wait() -> None:
+    leases = StoreLeases(stall_s=1.0)
+    start = 0.0
+    for wait_s in (1.0, 2.0, 4.0):
+        end = stall(leases, start=start)
+        assert leases.grant("s1", "m1", now=end + wait_s - 0.1, duration_s=5.0, index=11) is None, wait_s
+        start = end + wait_s
+    assert leases.stall_rejections == 3
 
 
 def test_late_reply_keeps_the_backoff() -> None:
@@ -274,7 +270,7 @@ def test_backoff_streak_forgotten_after_quiet() -> None:
     assert leases.grant("s1", "m1", now=second_end + 1.0, duration_s=1.0, index=11) is not None
 
 
-def test_new_leader_and_drop_forget_the_backoff() -> None:
+def test_reset_and_drop_forget_backoff() -> None:
     leases = StoreLeases(stall_s=1.0)
     end = stall(leases, start=0.0)
     leases.reset_backoff()
@@ -285,7 +281,7 @@ def test_new_leader_and_drop_forget_the_backoff() -> None:
     assert leases.grant("s1", "m1", now=end, duration_s=1.0, index=11) is not None
 
 
-def test_short_leases_inherit_the_unconfirmed_update() -> None:
+def test_short_leases_inherit_unconfirmed_update() -> None:
     # Leases shorter than stall_s, as with the defaults (about 0.36 s against
     # 0.5 s): a store that never confirms must not start each one afresh.
     leases = StoreLeases(stall_s=0.5)
@@ -303,7 +299,7 @@ def test_short_leases_inherit_the_unconfirmed_update() -> None:
     assert fresh.renew("s1", "m1", now=5.2, duration_s=0.3) == 11
 
 
-def test_store_asking_after_each_end_is_caught() -> None:
+def test_late_asker_still_backed_off() -> None:
     # It never confirms, and each request reaches the leader after its last
     # lease ended, so no lease is ever renewed.
     leases = StoreLeases(stall_s=0.5)
@@ -315,7 +311,7 @@ def test_store_asking_after_each_end_is_caught() -> None:
     assert leases.grant("s1", "m1", now=1.3, duration_s=0.36, index=11) is not None
 
 
-def test_late_reply_after_lease_end_clears_the_carry() -> None:
+def test_late_reply_clears_carry() -> None:
     leases = StoreLeases(stall_s=0.5)
     leases.grant("s1", "m1", now=0.0, duration_s=0.36, index=10)
     leases.take_unsent(index=11, exposed=10, now=0.3)
